@@ -56,6 +56,7 @@ def load_info(model_path: Path | str) -> ModelInfo:
             training=dict(raw.get("training", {})),
         )
     except FileNotFoundError:
-        raise DataError(f"{path}: model description not found; it is written by `dvc repro train@<name>`") from None
+        raise DataError(f"{path}: model description not found; `dvc repro train@<name>` writes it") from None
     except (ValueError, KeyError, TypeError):
-        raise DataError(f"{path}: expected JSON with name, dataset, classes, image_shape, normalization") from None
+        raise DataError(f"{path}: expected JSON with name, dataset, classes, image_shape, normalization"
+                        ) from None
