@@ -85,6 +85,13 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     atomic.write_bytes(target, b"whole")
     assert target.read_bytes() == b"whole"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_atomic_dir_replaces_whole_directory_or_nothing(tmp_path):
@@ -100,6 +107,7 @@ def test_atomic_dir_replaces_whole_directory_or_nothing(tmp_path):
     with atomic.atomic_dir(out) as tmp:
         (tmp / "c.txt").write_text("3")
     assert sorted(p.name for p in out.iterdir()) == ["c.txt"]
+    assert out.stat().st_mode & 0o777 == 0o777 & ~_umask()
 
 
 def test_split_and_meta_round_trip(tmp_path):

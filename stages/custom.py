@@ -1,0 +1,62 @@
+"""Stage ``custom``: the user's photos as unfiltered, filtered and blur-sweep test sets (seed 004).
+
+    python -m stages.custom --photos data/custom --prepared data/prepared \
+        --out data/custom_sets --sheet plots/custom/contact_sheet.png
+
+Reads the photo folder (``custom.dir``, passed by dvc.yaml as ``--photos``), ``meta.json`` and
+``normalization.json`` of the prepared data, and the ``custom:`` params. Writes the sets and
+``report.json`` into ``--out`` (all or nothing) and the contact sheet PNG to ``--sheet``.
+Logic: ``cifar_dvc.custom_set``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from cifar_dvc import artifacts, atomic
+from cifar_dvc.config import PARAMS_FILE, load_section
+from cifar_dvc.custom_set import (
+    FILTERED,
+    CustomParams,
+    build_custom_sets,
+    check_stats,
+    save_contact_sheet,
+    write_custom_sets,
+)
+from cifar_dvc.errors import stage_main
+from cifar_dvc.normalization import STATS_FILE, load_stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--photos", type=Path, required=True, help="photo folder, <class name>/<files>")
+    parser.add_argument("--prepared", type=Path, required=True, help="prepare's output (meta, statistics)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder of the sets and report.json")
+    parser.add_argument("--sheet", type=Path, required=True, help="contact sheet PNG to write")
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default params.yaml)")
+    args = parser.parse_args(argv)
+
+    params = load_section(CustomParams, "custom", path=args.params)
+    meta = artifacts.load_meta(args.prepared)
+    stats = load_stats(args.prepared / STATS_FILE)
+    check_stats(meta, stats)  # before the slow part, not after it
+    start = time.perf_counter()
+    sets = build_custom_sets(args.photos, meta, params)
+    seconds = time.perf_counter() - start
+    for warning in sets.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    with atomic.atomic_dir(args.out) as tmp:
+        write_custom_sets(tmp, sets, stats)
+        save_contact_sheet(args.sheet, sets, params)
+    n = len(sets.photos)
+    kernels = sorted({p.kernel_size[FILTERED] for p in sets.photos})
+    per_photo = f", {1000 * seconds / n:.0f} ms per photo" if n else ""
+    print(f"custom: {n} photo(s), {len(sets.skipped)} skipped, {len(sets.images)} sets -> {args.out}; "
+          f"filtered kernel sizes {kernels}; {seconds:.1f} s{per_photo}; sheet {args.sheet}")
+
+
+if __name__ == "__main__":
+    stage_main(main)
