@@ -11,7 +11,6 @@ Reads nothing. Writes only the paths it is given.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -57,9 +56,8 @@ def write_json(path: Path | str, obj: Any) -> None:
 
 def save_npz(path: Path | str, **arrays: np.ndarray) -> None:
     """Save arrays uncompressed to ``path`` (.npz) atomically; loads are fast and mmap-friendly."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_bytes(path, buffer.getvalue())
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a file object: no in-memory copy
+        np.savez(handle, **arrays)
 
 
 @contextlib.contextmanager
