@@ -1,0 +1,118 @@
+"""The ``evaluate:`` and ``report:`` sections of ``params.yaml`` as dataclasses.
+
+Each field has its default and a one-line comment; ``cifar_dvc.config.load_section`` fills them
+from ``params.yaml`` and refuses unknown keys and wrong types. Flip test-time augmentation is a
+per-variant key (``variants.<name>.tta``) declared by ``cifar_dvc.training.variant``.
+
+Reads and writes nothing. Used by ``stages/evaluate.py`` and ``stages/report.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+SetName = Literal["validation", "test", "custom", "custom_filtered"]
+
+
+@dataclasses.dataclass
+class EvaluateParams:
+    """``evaluate:``: shared by every ``evaluate@<variant>`` stage."""
+
+    batch_size: int = 256  # images per compiled predict call
+    top_k: int = 5  # top-k accuracy is reported when the data set has more than k classes
+    ece_bins: int = 15  # equal-width confidence bins of the expected calibration error
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.top_k < 1 or self.ece_bins < 1:
+            raise ValueError("batch_size, top_k and ece_bins must be >= 1")
+
+
+@dataclasses.dataclass
+class ExamplesParams:
+    """``report.examples``: test images with true and predicted labels (seed 000 fig. 2)."""
+
+    count: int = 20  # images shown, drawn at random from the test set with `report.seed`
+    columns: int = 5  # images a row
+
+
+@dataclasses.dataclass
+class MisclassifiedParams:
+    """``report.misclassified``: misclassified custom photos (seed 004 appendix C)."""
+
+    set: Literal["custom", "custom_filtered"] = "custom"  # seed 004 showed the unfiltered set
+    max_images: int = 40  # at most this many, in file order
+    columns: int = 8  # images a row
+
+
+@dataclasses.dataclass
+class FiltersParams:
+    """``report.filters``: inputs maximizing conv filters by gradient ascent (000 fig. 4, 004 appendix B)."""
+
+    steps: int = 30  # gradient-ascent steps (kept small: the figure must stay cheap)
+    step_size: float = 1.0  # step along the RMS-normalized gradient, in normalized-input units
+    layers: int = 2  # convolutional layers, evenly spaced from first to last
+    filters: int = 16  # first filters of each layer
+
+
+@dataclasses.dataclass
+class ClassIdealParams:
+    """``report.class_ideal``: inputs maximizing each class probability (seed 000 fig. 5)."""
+
+    steps: int = 60  # gradient-ascent steps
+    step_size: float = 1.0  # step along the RMS-normalized gradient, in normalized-input units
+    classes: int = 10  # at most this many classes, the first ones
+
+
+@dataclasses.dataclass
+class ActivationsParams:
+    """``report.activations``: 16 feature maps a layer tiled 2x8 for a few layers (seed 004 appendix A)."""
+
+    images: list[int] = dataclasses.field(default_factory=lambda: [0, 1])  # test-set indices of the inputs
+    layers: int = 4  # layers with 4-D output, evenly spaced from input to output
+    filters: int = 16  # feature maps a layer (tiled 2 rows x filters/2 columns)
+
+
+@dataclasses.dataclass
+class OcclusionParams:
+    """``report.occlusion``: drop of the true-class probability under a sliding grey patch."""
+
+    max_images: int = 6  # misclassified photos shown (custom set; the test set when it is empty)
+    patch: int = 8  # side of the square patch, in pixels
+    stride: int = 4  # pixels between patch positions
+
+
+@dataclasses.dataclass
+class ReportParams:
+    """``report:``: the Table 2 summary and the figures of the seeds."""
+
+    variants: list[str] | None = None  # variants of the table and comparisons; null = all under eval/
+    focus: str | None = None  # variant of the single-model figures; null = best validation accuracy
+    seed: int = 0  # seed of the random example images
+    confusion_sets: list[SetName] = dataclasses.field(
+        default_factory=lambda: ["test", "custom", "custom_filtered"])  # sets drawn as confusion-matrix PNGs
+    examples: ExamplesParams = dataclasses.field(default_factory=ExamplesParams)  # see ExamplesParams
+    misclassified: MisclassifiedParams = dataclasses.field(default_factory=MisclassifiedParams)  # see class
+    filters: FiltersParams = dataclasses.field(default_factory=FiltersParams)  # see FiltersParams
+    class_ideal: ClassIdealParams = dataclasses.field(default_factory=ClassIdealParams)  # see class
+    activations: ActivationsParams = dataclasses.field(default_factory=ActivationsParams)  # see class
+    occlusion: OcclusionParams = dataclasses.field(default_factory=OcclusionParams)  # see OcclusionParams
+    reliability_bins: int = 15  # confidence bins of the reliability diagram (test set)
+
+    def validate(self) -> None:
+        if self.variants is not None and not self.variants:
+            raise ValueError("variants: give at least one variant, or null for all")
+        if self.examples.count < 1 or self.examples.columns < 1:
+            raise ValueError("examples.count and examples.columns must be >= 1")
+        if self.activations.filters < 2 or self.activations.filters % 2:
+            raise ValueError("activations.filters must be an even number >= 2 (tiled in 2 rows)")
+        if self.occlusion.patch < 1 or self.occlusion.stride < 1:
+            raise ValueError("occlusion.patch and occlusion.stride must be >= 1")
+        if self.filters.layers < 1 or self.filters.filters < 1 or self.class_ideal.classes < 1:
+            raise ValueError("filters.layers, filters.filters and class_ideal.classes must be >= 1")
+        for name in ("filters", "class_ideal"):
+            ascent = getattr(self, name)
+            if ascent.steps < 0 or ascent.step_size <= 0:
+                raise ValueError(f"{name}: steps >= 0 and step_size > 0 expected")
+        if self.reliability_bins < 1:
+            raise ValueError("reliability_bins must be >= 1")
