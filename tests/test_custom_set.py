@@ -21,6 +21,7 @@ from PIL import Image
 
 from cifar_dvc import artifacts, images, normalization
 from cifar_dvc.custom_set import CustomParams, build_custom_sets, contact_sheet, find_photos, sweep_name
+from cifar_dvc.datasets import synthetic
 from cifar_dvc.errors import DataError, stage_main
 from stages import custom as custom_stage
 from tests.test_images import BLUE, RED, encode, halves, in_mode, noise, png_with_size
@@ -339,7 +340,7 @@ def test_find_photos_order_and_nested_folders(tmp_path: Path) -> None:
 
 
 def test_subprocess_error_line_and_exit_code(prepared_dir: Path, tmp_path: Path) -> None:
-    """The real command line on the shared prepared fixture (its classes are glyph_00 ...)."""
+    """The real command line on the shared prepared fixture (its classes come from meta.json)."""
     classes = artifacts.load_meta(prepared_dir).classes
     photos = make_photos(tmp_path / "photos", {f"{classes[0]}/ok.png": (64, 64, "RGB", "PNG", None)})
     (photos / classes[1]).mkdir()
@@ -366,8 +367,9 @@ def test_dvc_repro_runs_custom_and_tracks_its_params_and_folder(tmp_path: Path) 
 
     tiny = {"num_classes": 3, "train_per_class": 20, "test_per_class": 5}
     repo = copy_project(tmp_path / "repo", {"data": {"dataset": "synthetic", "synthetic": tiny}})
-    make_photos(repo / "data" / "custom", {"glyph_00/a.png": (150, 150, "RGB", "PNG", None),
-                                           "glyph_02/b.jpg": (300, 200, "RGB", "JPEG", None)})
+    first, second, third = synthetic.class_names(3)
+    make_photos(repo / "data" / "custom", {f"{first}/a.png": (150, 150, "RGB", "PNG", None),
+                                           f"{third}/b.jpg": (300, 200, "RGB", "JPEG", None)})
     run_dvc(repo, "repro", "custom")
     split = artifacts.load_split(repo / "data" / "custom_sets" / "filtered.npz")
     assert split.y.tolist() == [0, 2] and split.extra["kernel_size"].tolist() == [2, 3]
@@ -385,8 +387,8 @@ def test_dvc_repro_runs_custom_and_tracks_its_params_and_folder(tmp_path: Path) 
     params["custom"]["blur_divisor"] = 50
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert changed() == {"custom"}  # and nothing upstream
-    (repo / "photos2" / "glyph_01").mkdir(parents=True)
-    (repo / "photos2" / "glyph_01" / "c.png").write_bytes(encode(noise(40), "PNG"))
+    (repo / "photos2" / second).mkdir(parents=True)
+    (repo / "photos2" / second / "c.png").write_bytes(encode(noise(40), "PNG"))
     params["custom"]["dir"] = "photos2"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_dvc(repo, "repro", "custom")

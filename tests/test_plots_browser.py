@@ -3,7 +3,8 @@
 A copy of the project (``cifar_dvc.demo.copy_project``: the real ``dvc.yaml`` plots and the
 committed template) gets small plot data written by the report's own functions; ``dvc plots show``
 renders it, and headless Chromium opens the page with every non-file request aborted. As a
-control, DVC's default page (Vega from a CDN) draws nothing under the same conditions.
+control, DVC's own page (Vega from a CDN) draws nothing under the same conditions; the project's
+``.dvc/config`` sets ``plots.html_template``, so a plain ``dvc plots show`` gives the offline page.
 """
 
 from __future__ import annotations
@@ -71,9 +72,11 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     repo = copy_project(tmp_path_factory.mktemp("plots") / "project")
     _write_plot_data(repo)
     offline_out = run_dvc(repo, "plots", "show", "--html-template", TEMPLATE, "-o", "offline_page")
-    run_dvc(repo, "plots", "show", "-o", "cdn_page")
     assert "offline_page" in offline_out.stdout
-    return {"offline": repo / "offline_page" / "index.html", "cdn": repo / "cdn_page" / "index.html"}
+    run_dvc(repo, "plots", "show", "-o", "default_page")  # .dvc/config sets plots.html_template
+    run_dvc(repo, "config", "--unset", "plots.html_template")
+    run_dvc(repo, "plots", "show", "-o", "cdn_page")  # DVC's own template: Vega from a CDN
+    return {name: repo / f"{name}_page" / "index.html" for name in ("offline", "default", "cdn")}
 
 
 def _open_offline(url: str, timeout_ms: int = 10_000) -> tuple[list[int], int, list[str]]:
@@ -121,6 +124,10 @@ def test_offline_page_draws_every_chart_with_the_network_off(pages: dict[str, Pa
     assert sorted(count > 100 for count in drawn) == [False] * empty + [True] * 5, drawn
     assert images == 1  # plots/report/figures/curves.png
     assert blocked == []
+
+
+def test_plain_dvc_plots_show_uses_the_offline_template(pages: dict[str, Path]) -> None:
+    assert pages["default"].read_text(encoding="utf-8") == pages["offline"].read_text(encoding="utf-8")
 
 
 def test_dvc_default_page_needs_the_internet(pages: dict[str, Path]) -> None:

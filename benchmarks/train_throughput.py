@@ -1,0 +1,173 @@
+"""Training throughput (images/s) of every variant: our tf.data pipeline vs. the seeds' way.
+
+For each variant of ``params.yaml`` the same model (same optimizer, same batch size) is trained
+twice in this one process, back to back so both see the same machine load:
+
+- ``seeds' way``: the whole training subset as a float64 NumPy array (``x / 255.``, as the seeds
+  did) and float64 one-hot labels into ``model.fit(x, y, batch_size=...)``, one step per call.
+- ``ours``: ``cifar_dvc.training`` as ``train@<variant>`` runs it: uint8 arrays, tf.data with
+  per-batch cast + normalization (+ the variant's augmentation), prefetch, steps_per_execution.
+
+Each measurement compiles and warms up first, then times up to ``--steps`` steps or
+``--max-seconds`` seconds, whichever comes first. MobileNet variants run with ``weights: none``
+(same compute; no download). Run by hand on real CIFAR-10, e.g.
+
+    nice -n 10 python benchmarks/train_throughput.py --data /tmp/real/data/prepared \
+        --out benchmarks/results/train_throughput.md
+
+Reads params.yaml and the prepared data. Writes the markdown report given by ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+
+from cifar_dvc import artifacts, config
+from cifar_dvc.normalization import STATS_FILE, load_stats
+from cifar_dvc.training.augment import build_augmenter
+from cifar_dvc.training.data import make_dataset
+from cifar_dvc.training.loop import build_compiled_model, set_determinism
+from cifar_dvc.training.variant import TrainParams, load_variant, variant_names
+
+
+class _StepTimer(keras.callbacks.Callback):
+    """Counts steps from the first finished call on; stops after a step or time budget."""
+
+    def __init__(self, max_steps: int, max_seconds: float) -> None:
+        super().__init__()
+        self.max_steps, self.max_seconds = max_steps, max_seconds
+        self.start: float | None = None
+        self.first_step = 0
+        self.last_step = 0
+        self.end = 0.0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        now = time.perf_counter()
+        if self.start is None:  # exclude the first call: it may still allocate and autotune
+            self.start, self.first_step = now, batch + 1
+            return
+        self.last_step, self.end = batch + 1, now
+        if batch + 1 >= self.max_steps or now - self.start >= self.max_seconds:
+            self.model.stop_training = True
+
+    def steps(self) -> int:
+        return self.last_step - self.first_step
+
+    def seconds(self) -> float:
+        return self.end - self.start if self.start is not None else math.nan
+
+
+def _measure(model: keras.Model, fit_args: dict, batch_size: int, max_steps: int,
+             max_seconds: float) -> float:
+    timer = _StepTimer(max_steps, max_seconds)
+    model.fit(**fit_args, epochs=1, verbose=0, callbacks=[timer])
+    return timer.steps() * batch_size / timer.seconds()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="prepared data directory (real CIFAR-10)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--variants", nargs="*", help="default: every variant of params.yaml")
+    parser.add_argument("--steps", type=int, default=300, help="timed steps per measurement (at most)")
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="time budget per measurement")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    params = config.read_params(args.params)
+    names = args.variants or variant_names(params)
+    meta = artifacts.load_meta(args.data)
+    stats = load_stats(args.data / STATS_FILE)
+    split = artifacts.load_split(args.data / "train.npz")
+    train = config.load_section(TrainParams, "train", params=params)
+    load_before = os.getloadavg()
+    started = dt.datetime.now(dt.timezone.utc)
+    rows = []
+    for name in names:
+        variant = load_variant(name, params, str(args.params))
+        if variant.model == "mobilenet":
+            variant.model_args["weights"] = "none"
+        bs = variant.batch_size
+        spe = variant.steps_per_execution or train.steps_per_execution
+        n = min(len(split), (args.steps + 2 * spe) * bs)  # enough for warm-up + timed steps
+
+        # The seeds' way: float64 arrays, one step per call.
+        keras.backend.clear_session()
+        set_determinism(0)
+        x64 = split.x[:n] / 255.0  # float64, like the seeds' `x_train / 255.`
+        y64 = np.eye(meta.num_classes)[split.y[:n]]
+        seeds_model = build_compiled_model(variant, TrainParams(steps_per_execution=1, jit_compile=False),
+                                           meta.image_shape, meta.num_classes, stats, math.ceil(n / bs),
+                                           variant.epochs)
+        seeds_model.fit(x64[: 2 * bs], y64[: 2 * bs], batch_size=bs, epochs=1, verbose=0)  # trace
+        seeds = _measure(seeds_model, {"x": x64, "y": y64, "batch_size": bs, "shuffle": True}, bs,
+                         args.steps, args.max_seconds)
+        del x64, y64, seeds_model
+
+        # Ours: exactly the training pipeline of train@<name>.
+        keras.backend.clear_session()
+        set_determinism(0)
+        model = build_compiled_model(variant, train, meta.image_shape, meta.num_classes, stats,
+                                     math.ceil(n / bs), variant.epochs)
+        ds = make_dataset(split.x[:n], split.y[:n], meta.num_classes, stats, bs, shuffle=True, seed=0,
+                          augmenter=build_augmenter(variant.augment, 0))
+        model.fit(ds.take(spe), epochs=1, verbose=0, shuffle=False)  # trace one compiled call
+        ours = _measure(model, {"x": ds, "shuffle": False}, bs, args.steps, args.max_seconds)
+        rows.append((name, variant.model, bs, spe, variant.augment.enabled, seeds, ours))
+        print(f"{name:10s} batch {bs:3d}: seeds' way {seeds:8.0f} img/s, ours {ours:8.0f} img/s, "
+              f"x{ours / seeds:.2f}  (load {os.getloadavg()[0]:.1f})", flush=True)
+
+    load_after = os.getloadavg()
+    lines = [
+        "# Training throughput: our tf.data pipeline vs. the seeds' way",
+        "",
+        f"- Date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.node()}, {os.cpu_count()} CPUs "
+        f"({platform.processor() or platform.machine()}), CPU only, TensorFlow {_tf_version()}, "
+        f"Keras {keras.__version__}.",
+        f"- Load average (1/5/15 min) before: {_load(load_before)}; after: {_load(load_after)} "
+        "(the 2 cores are shared with other jobs: absolute numbers are noisy, the ratio within a row "
+        "is measured back to back).",
+        f"- Data: {args.data} ({len(split)} real CIFAR-10 training images, 32x32x3).",
+        f"- Command: `nice -n 10 python benchmarks/train_throughput.py --data {args.data} "
+        f"--steps {args.steps} --max-seconds {args.max_seconds} --out {args.out}`",
+        "- Seeds' way: float64 `x / 255.` and float64 one-hot labels into `model.fit(x, y, batch_size)`, "
+        "steps_per_execution 1. Ours: uint8 -> tf.data (shuffle indices, gather, cast, augment, "
+        "normalize, prefetch), steps_per_execution as configured. Same model, optimizer, batch size; "
+        "ours also pays for the variant's augmentation (the seeds' way has none). MobileNet with "
+        "`weights: none` (same compute).",
+        f"- Each measurement: warm-up, then up to {args.steps} steps or {args.max_seconds:.0f} s.",
+        "",
+        "| variant | model | batch | steps/exec | augment | seeds' way (img/s) | ours (img/s) | speed-up |",
+        "|---|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for name, model_name, bs, spe, aug, seeds, ours in rows:
+        lines.append(f"| {name} | {model_name} | {bs} | {spe} | {'yes' if aug else 'no'} | {seeds:,.0f} | "
+                     f"{ours:,.0f} | {ours / seeds:.2f}x |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+def _load(values: tuple[float, float, float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
+
+
+def _tf_version() -> str:
+    import tensorflow as tf
+
+    return tf.__version__
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Training-time augmentation as Keras preprocessing layers, applied in the tf.data pipeline.
+
+``build_augmenter`` turns a variant's ``augment:`` params into a ``keras.Sequential`` of random
+layers that runs on whole batches of 0..255 float32 pixels, *before* normalization, so every
+range means what Keras' ``ImageDataGenerator`` meant on images scaled to [0, 1] (the seeds'
+setting): shift 0.1 = 10% of the side, channel shift 0.2 = 0.2 * 255 pixel levels, and the fill
+and clipping happen in pixel space. Augmentation is never applied to evaluation data and never
+becomes part of a saved model.
+
+Two small custom layers complete Keras' set:
+- ``ChannelShift``: ImageDataGenerator's ``channel_shift_range``: one offset drawn uniformly in
+  [-intensity, intensity] * 255 per image, added to every channel, the result clipped to that
+  image's own min and max (as ``apply_channel_shift`` does).
+- ``Cutout``: erase one random square per image (DeVries & Taylor 2017) to 0.
+- ``RandomPadCrop``: pad by ``padding`` pixels (reflect) and crop back at a random place, the
+  translation used by ResNet-9 / airbench.
+
+Reads and writes nothing. Used by ``cifar_dvc.training.data``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from cifar_dvc.training.variant import AugmentParams
+
+
+@keras.saving.register_keras_serializable(package="cifar_dvc")
+class ChannelShift(keras.layers.Layer):
+    """Add one random offset in [-intensity, intensity] * ``value_range`` to all channels, clipped."""
+
+    def __init__(self, intensity: float, value_range: float = 255.0, seed: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.intensity = float(intensity)
+        self.value_range = float(value_range)
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images: Any, training: bool = True) -> Any:
+        if not training or self.intensity == 0:
+            return images
+        ops = keras.ops
+        batch = ops.shape(images)[0]
+        offset = keras.random.uniform((batch, 1, 1, 1), -self.intensity, self.intensity,
+                                      seed=self.generator) * self.value_range
+        low = ops.min(images, axis=(1, 2, 3), keepdims=True)
+        high = ops.max(images, axis=(1, 2, 3), keepdims=True)
+        return ops.clip(images + ops.cast(offset, images.dtype), low, high)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "intensity": self.intensity,
+                "value_range": self.value_range, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="cifar_dvc")
+class Cutout(keras.layers.Layer):
+    """Set one random ``size`` x ``size`` square of each image to 0 (may be clipped at the border)."""
+
+    def __init__(self, size: int, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.size = int(size)
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images: Any, training: bool = True) -> Any:
+        if not training or self.size == 0:
+            return images
+        ops = keras.ops
+        shape = ops.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+        centre_y = keras.random.randint((batch, 1, 1, 1), 0, height, seed=self.generator)
+        centre_x = keras.random.randint((batch, 1, 1, 1), 0, width, seed=self.generator)
+        rows = ops.reshape(ops.arange(height), (1, -1, 1, 1))
+        cols = ops.reshape(ops.arange(width), (1, 1, -1, 1))
+        half = self.size // 2
+        inside = ((rows >= centre_y - half) & (rows < centre_y - half + self.size)
+                  & (cols >= centre_x - half) & (cols < centre_x - half + self.size))
+        return ops.where(inside, ops.zeros_like(images), images)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "size": self.size, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="cifar_dvc")
+class RandomPadCrop(keras.layers.Layer):
+    """Reflect-pad each image by ``padding`` pixels and crop it back at a random offset."""
+
+    def __init__(self, padding: int, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.padding = int(padding)
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images: Any, training: bool = True) -> Any:
+        if not training or self.padding == 0:
+            return images
+        ops = keras.ops
+        p = self.padding
+        shape = ops.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+        padded = ops.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+        # Gather rows then columns with per-image offsets: one vectorized op for the batch.
+        dy = keras.random.randint((batch, 1), 0, 2 * p + 1, seed=self.generator)
+        dx = keras.random.randint((batch, 1), 0, 2 * p + 1, seed=self.generator)
+        rows = dy + ops.expand_dims(ops.arange(height), 0)  # (batch, height)
+        cols = dx + ops.expand_dims(ops.arange(width), 0)  # (batch, width)
+        out = ops.take_along_axis(padded, ops.reshape(rows, (batch, height, 1, 1)), axis=1)
+        return ops.take_along_axis(out, ops.reshape(cols, (batch, 1, width, 1)), axis=2)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "padding": self.padding, "seed": self.seed}
+
+
+def build_augmenter(params: AugmentParams, seed: int) -> keras.Sequential | None:
+    """The random layers ``params`` switches on, in ImageDataGenerator's order; None if none.
+
+    Each layer gets its own seed derived from ``seed``, so runs are repeatable.
+    """
+    if not params.enabled:
+        return None
+    fill = {"fill_mode": params.fill_mode, "interpolation": "bilinear"}
+    stack: list[keras.layers.Layer] = []
+    if params.rotation:
+        # RandomRotation's factor is a fraction of a full turn.
+        stack.append(keras.layers.RandomRotation(params.rotation / 360.0, seed=seed + 1, **fill))
+    if params.shift:
+        stack.append(keras.layers.RandomTranslation(params.shift, params.shift, seed=seed + 2, **fill))
+    if params.zoom_in or params.zoom_out:
+        # RandomZoom: negative factors zoom in (objects larger), positive zoom out. Width and
+        # height are drawn independently, as ImageDataGenerator's zoom_range does.
+        factor = (-params.zoom_in, params.zoom_out)
+        stack.append(keras.layers.RandomZoom(factor, factor, seed=seed + 3, **fill))
+    if params.crop_padding:
+        stack.append(RandomPadCrop(params.crop_padding, seed=seed + 4))
+    if params.channel_shift:
+        stack.append(ChannelShift(params.channel_shift, seed=seed + 5))
+    if params.flip:
+        stack.append(keras.layers.RandomFlip("horizontal", seed=seed + 6))
+    if params.cutout:
+        stack.append(Cutout(params.cutout, seed=seed + 7))
+    return keras.Sequential(stack, name="augment")

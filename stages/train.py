@@ -1,0 +1,43 @@
+"""Stage ``train@<variant>``: train one model variant and save its best model.
+
+    python -m stages.train --variant cnn --data data/prepared \
+        --model models/cnn.keras --live dvclive/cnn [--params params.yaml]
+
+Reads ``seed``, ``train.*`` and ``variants.<variant>`` from the params file and the prepared
+data directory; writes ``models/<variant>.keras``, ``models/<variant>.json`` (sidecar) and the
+dvclive directory, each atomically. Bad params => one ``error:`` line and exit status 2, before
+any data is read or anything is written. Logic: ``cifar_dvc.training.loop``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from cifar_dvc.errors import stage_main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", required=True, help="name under variants: in the params file")
+    parser.add_argument("--data", required=True, help="prepared data directory")
+    parser.add_argument("--model", required=True, help="output .keras file")
+    parser.add_argument("--live", required=True, help="output dvclive directory")
+    parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from cifar_dvc.training.variant import load_params
+
+    seed, train, variant = load_params(args.variant, args.params)  # fails fast, before TensorFlow loads
+    from cifar_dvc.training.loop import train_variant
+
+    result = train_variant(args.variant, variant, train, seed, args.data, args.model, args.live)
+    s = result.summary
+    print(f"train@{args.variant}: {s['epochs_run']} epochs in {s['seconds']:.0f} s "
+          f"({s['images_per_second']:.0f} images/s), best epoch {s['best_epoch']} "
+          f"{s['monitor']}={s['best_value']}, saved {args.model}")
+
+
+if __name__ == "__main__":
+    stage_main(main)

@@ -1,0 +1,238 @@
+"""Training building blocks: variant params, augmentation layers, the tf.data pipeline, schedules."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cifar_dvc import config
+from cifar_dvc.errors import ParamsError
+from cifar_dvc.normalization import NormStats, normalize
+from cifar_dvc.training import optim
+from cifar_dvc.training.augment import ChannelShift, Cutout, RandomPadCrop, build_augmenter
+from cifar_dvc.training.data import flip_tta_accuracy, make_dataset
+from cifar_dvc.training.loop import fit_verbosity, select_strategy
+from cifar_dvc.training.variant import (
+    AugmentParams,
+    OptimizerParams,
+    ScheduleParams,
+    TrainParams,
+    VariantParams,
+    load_params,
+    load_variant,
+)
+
+STATS = NormStats("standardize", (0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
+
+
+def _images(n: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+# --- params -----------------------------------------------------------------------------------
+
+def test_variant_defaults_and_cap() -> None:
+    variant = load_variant("v", {"variants": {"v": {"model": "cnn", "epochs": 40}}})
+    assert variant.optimizer == OptimizerParams() and variant.augment == AugmentParams()
+    assert TrainParams(max_epochs=3).epochs_for(variant) == 3
+    assert TrainParams().epochs_for(variant) == 40
+    assert variant.monitor_mode == "max"
+    assert VariantParams(model="cnn", monitor="val_loss").monitor_mode == "min"
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"model": "cnn", "epoch": 3}, r"unknown key 'variants\.v\.epoch'"),
+    ({"model": "cnn", "optimizer": {"lr": 0.1}}, r"unknown key 'variants\.v\.optimizer\.lr'"),
+    ({"model": "cnn", "epochs": "ten"}, r"variants\.v\.epochs: expected int, got 'ten'"),
+    ({"model": "cnn", "augment": {"flip": "yes"}}, r"variants\.v\.augment\.flip: expected bool"),
+    ({"model": "cnn", "schedule": {"name": "cosine"}}, r"variants\.v\.schedule\.name: expected one of"),
+    ({"epochs": 3}, r"variants\.v: model: required"),
+    ({"model": "vgg"}, r"variants\.v\.model: unknown model 'vgg'; known models: base, cnn"),
+    ({"model": "cnn", "model_args": {"width": 3}}, r"variants\.v\.model_args\.width: unknown argument"),
+    ({"model": "cnn", "monitor": "val_tta_accuracy"}, r"needs tta: true"),
+    ({"model": "cnn", "monitor": "val_acc"}, r"variants\.v\.monitor: expected one of val_accuracy"),
+    ({"model": "cnn", "augment": {"shift": 1.5}}, r"augment\.shift must be in \[0, 1\)"),
+])
+def test_bad_variant_params(entry: dict, message: str) -> None:
+    with pytest.raises(ParamsError, match=message):
+        load_variant("v", {"variants": {"v": entry}})
+
+
+def test_unknown_variant_lists_declared(tmp_path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\nvariants:\n  a: {model: cnn}\n  b: {model: mlp}\n")
+    with pytest.raises(ParamsError, match=r"variants\.c: no such variant; declared variants: a, b"):
+        load_params("c", path)
+    path.write_text("seed: 1\ntrain: {max_epochs: 0}\nvariants:\n  a: {model: cnn}\n")
+    with pytest.raises(ParamsError, match=r"train: max_epochs must be >= 1"):
+        load_params("a", path)
+    path.write_text("seed: -1\nvariants:\n  a: {model: cnn}\n")
+    with pytest.raises(ParamsError, match="seed"):
+        load_params("a", path)
+
+
+def test_verbosity_and_strategy(monkeypatch) -> None:
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    assert fit_verbosity("auto") == 2
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert fit_verbosity("auto") == 1
+    assert fit_verbosity("silent") == 0
+    assert select_strategy() is tf.distribute.get_strategy()  # no GPUs here
+
+
+# --- augmentation -----------------------------------------------------------------------------
+
+def test_channel_shift_is_image_data_generator_semantics() -> None:
+    x = _images(64).astype("float32")
+    out = keras.ops.convert_to_numpy(ChannelShift(0.2, seed=1)(x, training=True))
+    delta = out - x
+    unclipped = (out > x.min(axis=(1, 2, 3), keepdims=True)) & (out < x.max(axis=(1, 2, 3), keepdims=True))
+    for i in range(len(x)):
+        shifts = np.unique(np.round(delta[i][unclipped[i]], 3))
+        assert len(shifts) == 1  # one offset for every channel and pixel of an image
+        assert abs(shifts[0]) <= 0.2 * 255 + 1e-3
+        assert out[i].min() >= x[i].min() and out[i].max() <= x[i].max()  # clipped to the image's range
+    offsets = [np.median(delta[i]) for i in range(len(x))]
+    assert np.std(offsets) > 10  # really random per image
+    np.testing.assert_array_equal(ChannelShift(0.2)(x, training=False), x)
+
+
+def test_cutout_erases_one_square() -> None:
+    x = np.full((8, 32, 32, 3), 200.0, np.float32)
+    out = keras.ops.convert_to_numpy(Cutout(8, seed=2)(x, training=True))
+    for image in out:
+        zeros = np.argwhere(image[..., 0] == 0)
+        assert 0 < len(zeros) <= 64  # a square of side 8, clipped at the border
+        (r0, c0), (r1, c1) = zeros.min(axis=0), zeros.max(axis=0)
+        assert (r1 - r0 + 1) * (c1 - c0 + 1) == len(zeros)
+        assert (image[..., 1] == 0).sum() == len(zeros)  # all channels erased
+
+
+def test_pad_crop_is_a_shifted_window() -> None:
+    x = _images(8).astype("float32")
+    out = keras.ops.convert_to_numpy(RandomPadCrop(2, seed=3)(x, training=True))
+    padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+    offsets = set()
+    for i in range(len(x)):
+        found = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if np.array_equal(out[i], padded[i, dy:dy + 32, dx:dx + 32])]
+        assert found
+        offsets.add(found[0])
+    assert len(offsets) > 1
+
+
+def test_build_augmenter_layers() -> None:
+    assert build_augmenter(AugmentParams(), seed=1) is None
+    seed_004 = AugmentParams(rotation=20, shift=0.1, zoom_in=0.2, zoom_out=0.3, channel_shift=0.2, flip=True)
+    aug = build_augmenter(seed_004, seed=1)
+    kinds = [type(layer).__name__ for layer in aug.layers]
+    assert kinds == ["RandomRotation", "RandomTranslation", "RandomZoom", "ChannelShift", "RandomFlip"]
+    assert aug.layers[0].factor == (-20 / 360, 20 / 360)
+    assert aug.layers[2].height_factor == (-0.2, 0.3) and aug.layers[2].width_factor == (-0.2, 0.3)
+    assert aug.layers[1].fill_mode == "nearest"
+
+
+# --- input pipeline ---------------------------------------------------------------------------
+
+def test_dataset_normalizes_and_shuffles_exactly() -> None:
+    x = _images(20)
+    y = np.arange(20) % 10
+    ds = make_dataset(x, y, 10, STATS, batch_size=8, shuffle=True, seed=4)
+    assert ds.element_spec[0].dtype == tf.float32 and ds.element_spec[1].dtype == tf.float32
+    epochs = []
+    for _ in range(2):
+        batches = list(ds)  # one pass = one epoch
+        images = np.concatenate([b[0].numpy() for b in batches])
+        labels = np.concatenate([b[1].numpy() for b in batches]).argmax(1)
+        # Every image exactly once per epoch, normalized exactly like everyone else does it.
+        order = [int(np.argmin(np.abs(normalize(x, STATS) - img).sum(axis=(1, 2, 3)))) for img in images]
+        assert sorted(order) == list(range(20))
+        np.testing.assert_array_equal(images, normalize(x[order], STATS))
+        np.testing.assert_array_equal(labels, y[order])
+        epochs.append(order)
+    assert epochs[0] != epochs[1]  # reshuffled each epoch
+    plain = make_dataset(x, y, 10, STATS, batch_size=8, shuffle=False, seed=4)
+    np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in plain]), normalize(x, STATS))
+
+
+def test_dataset_augments_training_batches_only_and_repeatably() -> None:
+    x, y = _images(16), np.zeros(16, np.int64)
+    params = AugmentParams(flip=True, shift=0.1, channel_shift=0.2)
+
+    def batches(augment: bool) -> list[np.ndarray]:
+        aug = build_augmenter(params, seed=5) if augment else None
+        ds = make_dataset(x, y, 10, STATS, batch_size=16, shuffle=False, seed=5, augmenter=aug)
+        return [b[0].numpy() for _ in range(2) for b in ds]
+
+    first, again = batches(True), batches(True)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))  # same seed, same stream
+    assert not np.array_equal(first[0], first[1])  # fresh randomness every epoch
+    assert not np.array_equal(first[0], normalize(x, STATS))
+    np.testing.assert_array_equal(batches(False)[0], normalize(x, STATS))
+
+
+def test_dataset_rejects_float_images() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        make_dataset(np.zeros((2, 32, 32, 3)), np.zeros(2), 10, STATS, 2, False, 0)
+
+
+def test_flip_tta_accuracy() -> None:
+    """A model that only sees the left half: TTA averages it with the mirrored view."""
+    inputs = keras.Input((4, 4, 1))
+    left = keras.layers.Lambda(lambda t: keras.ops.mean(t[:, :, :2, :], axis=(1, 2, 3)))(inputs)
+    outputs = keras.layers.Lambda(lambda v: keras.ops.stack([v, 1 - v], axis=-1))(left)
+    model = keras.Model(inputs, outputs)
+    x = np.zeros((2, 4, 4, 1), np.float32)
+    x[0, :, :2] = 0.8  # left bright: plain 0.8 vs 0.2 -> class 0; TTA (0.8 + 0.0) / 2 = 0.4 -> class 1
+    x[1, :, 2:] = 0.9  # right bright: plain 0.0 -> class 1; TTA 0.45 -> class 1
+    labels = np.eye(2, dtype=np.float32)[[1, 1]]
+    ds = tf.data.Dataset.from_tensor_slices((x, labels)).batch(2)
+    assert flip_tta_accuracy(model, ds) == 1.0
+    assert float(np.mean(model.predict(x, verbose=0).argmax(1) == 1)) == 0.5
+
+
+# --- optimizers and schedules -----------------------------------------------------------------
+
+def _lr(schedule, step: int) -> float:
+    return float(keras.ops.convert_to_numpy(schedule(step))) if callable(schedule) else float(schedule)
+
+
+def test_onecycle_is_piecewise_linear_per_step() -> None:
+    sched = optim.build_schedule(ScheduleParams(name="onecycle", warmup_epochs=2, start_factor=0.1),
+                                 learning_rate=1.0, steps_per_epoch=10, epochs=10)
+    assert [round(_lr(sched, s), 4) for s in (0, 10, 20, 60, 100, 150)] == [0.1, 0.55, 1.0, 0.5, 0.0, 0.0]
+    no_warmup = optim.build_schedule(ScheduleParams(name="onecycle", end_factor=0.5), 2.0, 10, 1)
+    assert [_lr(no_warmup, s) for s in (0, 5, 10)] == [2.0, 1.5, 1.0]
+    config_back = optim.PiecewiseLinear.from_config(sched.get_config())
+    assert _lr(config_back, 60) == pytest.approx(0.5)
+
+
+def test_step_and_inverse_time_schedules() -> None:
+    step = optim.build_schedule(ScheduleParams(name="step", boundaries=[2, 3], factor=0.5), 1.0, 10, 5)
+    assert [_lr(step, s) for s in (0, 19, 21, 31)] == [1.0, 1.0, 0.5, 0.25]
+    inv = optim.build_schedule(ScheduleParams(name="inverse_time", decay=1e-3), 1e-4, 10, 5)
+    assert _lr(inv, 1000) == pytest.approx(1e-4 / 2)  # Keras 2: lr / (1 + decay * iterations)
+    assert optim.build_schedule(ScheduleParams(name="plateau"), 0.3, 10, 5) == 0.3
+    assert optim.plateau_callback(ScheduleParams()) is None
+    cb = optim.plateau_callback(ScheduleParams(name="plateau", factor=0.5, patience=5, min_delta=1e-4))
+    assert (cb.monitor, cb.factor, cb.patience, cb.min_delta) == ("val_loss", 0.5, 5, 1e-4)
+
+
+@pytest.mark.parametrize(("name", "cls"), [("adam", "Adam"), ("adamw", "AdamW"), ("sgd", "SGD"),
+                                           ("rmsprop", "RMSprop")])
+def test_optimizers(name: str, cls: str) -> None:
+    params = config.from_dict(OptimizerParams, {"name": name, "learning_rate": 0.01, "momentum": 0.9,
+                                                "nesterov": True, "use_ema": True, "ema_momentum": 0.9,
+                                                "weight_decay": 5e-4, "no_decay": ["bias"]}, where="o")
+    opt = optim.build_optimizer(params, 0.01)
+    assert type(opt).__name__ == cls
+    assert opt.use_ema and opt.ema_momentum == 0.9 and opt.weight_decay == 5e-4
+    if name == "sgd":
+        assert opt.momentum == 0.9 and opt.nesterov
+    # Weight decay spares excluded variables; EMA follows the weights.
+    kernel, bias = keras.Variable(np.ones(2, np.float32), name="kernel"), keras.Variable(
+        np.ones(2, np.float32), name="bias")
+    opt.apply_gradients([(np.zeros(2, np.float32), kernel), (np.zeros(2, np.float32), bias)])
+    assert np.all(keras.ops.convert_to_numpy(kernel) < 1) and np.all(keras.ops.convert_to_numpy(bias) == 1)

@@ -1,0 +1,169 @@
+"""The fit loop on the tiny synthetic set: every variant's step, outputs, determinism, the stage CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+import cifar_dvc.models  # noqa: F401  (registers custom layers for load_model)
+from cifar_dvc import artifacts, config
+from cifar_dvc.errors import stage_main
+from cifar_dvc.modelinfo import load_info
+from cifar_dvc.normalization import STATS_FILE, load_stats
+from cifar_dvc.training.augment import build_augmenter
+from cifar_dvc.training.data import make_dataset
+from cifar_dvc.training.loop import build_compiled_model, train_variant
+from cifar_dvc.training.variant import TrainParams, VariantParams, load_variant, variant_names
+from stages import train as train_stage
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT_PARAMS = config.read_params(ROOT / "params.yaml")
+QUIET = TrainParams(verbose="silent")
+
+
+@pytest.mark.parametrize("name", variant_names(PROJECT_PARAMS))
+def test_one_training_step_of_every_variant(name: str, prepared_dir: Path) -> None:
+    """Each variant of params.yaml, with its own optimizer, schedule and augmentation: one step of 8."""
+    variant = load_variant(name, PROJECT_PARAMS)
+    if variant.model == "mobilenet":
+        variant.model_args.update(weights="none", alpha=0.25)  # offline, and quick
+    meta = artifacts.load_meta(prepared_dir)
+    stats = load_stats(prepared_dir / STATS_FILE)
+    split = artifacts.load_split(prepared_dir / "train.npz")
+    keras.utils.set_random_seed(0)
+    model = build_compiled_model(variant, TrainParams(jit_compile=False), meta.image_shape,
+                                 meta.num_classes, stats, steps_per_epoch=1, epochs=variant.epochs)
+    model.run_eagerly = True  # one step: tracing a graph would cost more than the step itself
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    ds = make_dataset(split.x[:8], split.y[:8], meta.num_classes, stats, batch_size=8, shuffle=True, seed=0,
+                      augmenter=build_augmenter(variant.augment, 0))
+    history = model.fit(ds, epochs=1, verbose=0, shuffle=False)
+    assert math.isfinite(history.history["loss"][0])
+    changed = [not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights, strict=True)]
+    assert any(changed), f"{name}: no trainable weight moved"
+
+
+def _tiny(**overrides) -> VariantParams:
+    entry = {"model": "cnn", "model_args": {"filters": 8}, "epochs": 3, "batch_size": 32,
+             "augment": {"flip": True, "shift": 0.1, "channel_shift": 0.2}, **overrides}
+    return config.from_dict(VariantParams, entry, where="variants.tiny")
+
+
+def _run(tmp: Path, data: Path, variant: VariantParams, train: TrainParams = QUIET, seed: int = 7):
+    return train_variant("tiny", variant, train, seed, data, tmp / "models" / "tiny.keras",
+                         tmp / "dvclive" / "tiny")
+
+
+def test_train_writes_best_model_sidecar_and_logs(tmp_path: Path, prepared_dir: Path) -> None:
+    result = _run(tmp_path, prepared_dir, _tiny(epochs=5), TrainParams(max_epochs=3, verbose="silent"))
+    hist, summary = result.history, result.summary
+    assert summary["epochs_planned"] == summary["epochs_run"] == 3  # capped by train.max_epochs
+    best = int(np.argmax(hist["val_accuracy"])) + 1
+    assert summary["best_epoch"] == best and summary["best_value"] == max(hist["val_accuracy"])
+    assert summary["images_per_second"] > 0 and summary["params"] == 18_234
+
+    model_path = tmp_path / "models" / "tiny.keras"
+    info = load_info(model_path)
+    assert info.name == "tiny" and info.image_shape == (32, 32, 3) and len(info.classes) == 10
+    assert info.normalization == load_stats(prepared_dir / STATS_FILE)
+    assert info.training["best_epoch"] == best
+    # The saved model is the best epoch's: its validation accuracy is the best logged one.
+    model = keras.models.load_model(model_path)
+    val = artifacts.load_split(prepared_dir / "val.npz")
+    probs = model.predict(val.x.astype("float32") / 255.0, verbose=0)  # prepared_dir uses `scale`
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert np.mean(probs.argmax(1) == val.y) == pytest.approx(summary["best_value"])
+
+    live = tmp_path / "dvclive" / "tiny"
+    assert json.loads((live / "metrics.json").read_text())["step"] == 2
+    curve = (live / "plots" / "metrics" / "eval" / "accuracy.tsv").read_text().splitlines()
+    assert len(curve) == 1 + 3
+    assert (live / "plots" / "metrics" / "train" / "learning_rate.tsv").is_file()
+    leftovers = [p.name for d in ("models", "dvclive") for p in (tmp_path / d).iterdir()]
+    assert sorted(leftovers) == ["tiny", "tiny.json", "tiny.keras"]  # nothing temporary left behind
+
+
+def test_two_runs_give_identical_metrics(tmp_path: Path, prepared_dir: Path) -> None:
+    variant = _tiny(model="mlp", model_args={"hidden_units": 32, "dropout": 0.5}, epochs=2)
+    first = _run(tmp_path / "a", prepared_dir, variant)
+    second = _run(tmp_path / "b", prepared_dir, variant)
+    assert first.history == second.history
+    other_seed = _run(tmp_path / "c", prepared_dir, variant, seed=8)
+    assert other_seed.history != first.history
+
+
+def test_ema_last_checkpoint_tta_and_onecycle(tmp_path: Path, prepared_dir: Path) -> None:
+    variant = _tiny(model="mlp", model_args={"hidden_units": 32}, epochs=2, label_smoothing=0.1,
+                    optimizer={"name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "nesterov": True,
+                               "use_ema": True, "ema_momentum": 0.5},
+                    schedule={"name": "onecycle", "warmup_epochs": 0.5}, checkpoint="last", tta=True,
+                    augment={"crop_padding": 2, "flip": True, "cutout": 4})
+    result = _run(tmp_path, prepared_dir, variant)
+    assert len(result.history["val_tta_accuracy"]) == 2
+    assert result.history["learning_rate"][-1] == pytest.approx(0.0, abs=1e-9)  # decayed to 0 at the end
+    assert result.summary["best_epoch"] == 2 and result.summary["checkpoint"] == "last"
+    assert (tmp_path / "models" / "tiny.keras").is_file()
+
+
+def test_plateau_and_early_stopping(tmp_path: Path, prepared_dir: Path) -> None:
+    """A learning rate too small to change anything: val_loss never improves, so training stops
+    after `early_stopping` epochs, and the plateau callback halves the rate on the way."""
+    variant = _tiny(model="mlp", model_args={}, epochs=10, augment={}, monitor="val_loss", early_stopping=2,
+                    optimizer={"learning_rate": 1e-30},
+                    schedule={"name": "plateau", "patience": 1, "factor": 0.5, "min_delta": 0.0})
+    result = _run(tmp_path, prepared_dir, variant)
+    assert result.summary["epochs_run"] == 3 and result.summary["best_epoch"] == 1
+    lrs = result.history["learning_rate"]
+    assert lrs[0] == pytest.approx(1e-30) and lrs[-1] < lrs[0]
+
+
+def _write_params(path: Path, variant: dict) -> Path:
+    path.write_text(yaml.safe_dump({"seed": 1, "train": {"max_epochs": 1}, "variants": {"v": variant}}))
+    return path
+
+
+@pytest.mark.parametrize(("variant", "message"), [
+    ({"model": "cnn", "epochz": 2}, "unknown key 'variants.v.epochz'"),
+    ({"model": "resnet"}, "variants.v.model: unknown model 'resnet'; known models:"),
+    ({"model": "cnn", "batch_size": "big"}, "variants.v.batch_size: expected int, got 'big'"),
+    ({"model": "mlp", "model_args": {"dropout": [1]}}, "variants.v.model_args.dropout: expected float"),
+])
+def test_stage_bad_params_one_line_exit_2(tmp_path: Path, prepared_dir: Path, capsys, variant: dict,
+                                          message: str) -> None:
+    params = _write_params(tmp_path / "params.yaml", variant)
+    model = tmp_path / "models" / "v.keras"
+    argv = ["--variant", "v", "--data", str(prepared_dir), "--model", str(model),
+            "--live", str(tmp_path / "live"), "--params", str(params)]
+    with pytest.raises(SystemExit) as exit_info:
+        stage_main(train_stage.main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+    assert not model.parent.exists() and not (tmp_path / "live").exists()
+
+
+@pytest.mark.parametrize(("variant_name", "variant", "message"), [
+    ("nope", {"model": "cnn"}, "variants.nope: no such variant; declared variants: v"),
+    ("v", {"model": "cnn", "epochz": 2}, "variants.v: unknown key 'variants.v.epochz'; known keys:"),
+    ("v", {"model": "cnn", "epochs": 1.5}, "variants.v.epochs: expected int, got 1.5 (float)"),
+])
+def test_stage_command_line(tmp_path: Path, prepared_dir: Path, variant_name: str, variant: dict,
+                            message: str) -> None:
+    """`python -m stages.train` as dvc runs it: bad params fail in one line, exit 2, no output."""
+    params = _write_params(tmp_path / "params.yaml", variant)
+    cmd = [sys.executable, "-m", "stages.train", "--variant", variant_name, "--data", str(prepared_dir),
+           "--model", str(tmp_path / "m.keras"), "--live", str(tmp_path / "live"), "--params", str(params)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"error: {params}: {message}")
+    assert not (tmp_path / "m.keras").exists() and not (tmp_path / "live").exists()
