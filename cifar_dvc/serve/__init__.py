@@ -1,0 +1,9 @@
+"""The web demo of a trained variant (console script ``cifar-dvc-serve``).
+
+- ``app``: the Flask application, its JSON API and the command line.
+- ``predictor``: model loading, the compiled inference call, preprocessing through ``cifar_dvc.images``.
+- ``urlfetch``: fetching client-supplied image URLs without server-side request forgery.
+- ``static/``: the page (plain HTML/JS) and the vendored D3 chart library.
+
+Importing this package loads neither TensorFlow nor Flask.
+"""
