@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-requests", type=int, default=200_000, help="stop after this many requests")
     parser.add_argument("--think-ms", type=float, default=0.0, help="pause of each client between requests")
     parser.add_argument("--threads", type=int, default=4, help="server request threads")
-    parser.add_argument("--tf-threads", type=int, default=1, help="server TensorFlow intra-op threads")
+    parser.add_argument("--tf-threads", type=int, default=1, help="server --tf-threads")
     parser.add_argument("--out", type=Path, help="append a markdown section to this file")
     args = parser.parse_args(argv)
 
@@ -272,7 +272,7 @@ def write_markdown(args: argparse.Namespace, r: dict, out: Path) -> None:
         f"- Machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.machine()}, Python "
         f"{platform.python_version()}; load average before / after: {r['loadavg_before']} / "
         f"{r['loadavg_after']} (shared machine)",
-        f"- Server: waitress, {r['server_threads']} threads, TensorFlow intra-op threads "
+        f"- Server: waitress, {r['server_threads']} threads, TensorFlow intra- and inter-op threads "
         f"{r['tf_threads']}; model: {r['model']}",
         f"- Photos: {r['photos']}, median width {r['photo_width_median']:g} px (max "
         f"{r['photo_width_max']}), median {r['photo_kb_median']:g} KB, uploaded in turn",
