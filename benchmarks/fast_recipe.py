@@ -1,32 +1,36 @@
-"""Find and measure the ``fast`` variant's recipe on real CIFAR-10 (run by hand, never by the tests).
+"""Measure the ``fast`` variant's recipe on real CIFAR-10 (run by hand, never by the tests).
 
-Self-contained (plain Keras + tf.data; only ``build_fast`` comes from the project): it decodes the
-60,000 JPEGs of ``/work/shared/data/cifar10-jpeg.tar.gz`` once with Pillow into uint8 arrays cached
-as ``.npy`` under ``/tmp`` (never in the repository), trains ``build_fast`` with the airbench-style
-recipe (SGD Nesterov with a high peak learning rate and a linear warmup then linear decay to zero,
-decoupled weight decay, label smoothing 0.2, flip + 2-pixel translate augmentation on uint8 in
-tf.data, an exponential moving average of the weights, flip test-time augmentation) and logs the
-test accuracy against training wall-clock after every epoch. Evaluation time is excluded from the
-training clock (it is reported separately).
+``train`` runs ``variants.fast`` of params.yaml through the training stage's own code
+(``build_compiled_model`` with the whitening init, ``make_dataset`` + ``build_augmenter``,
+``tta_predict_fn``), on all 50,000 training images, and tests the weights (their EMA average
+when ``optimizer.use_ema``) on the 10,000 test images after the epochs from ``--eval-from`` on,
+logging test accuracy against training wall-clock (testing time is excluded from the clock and
+reported separately). The only differences from ``dvc repro train@fast``: the data come from
+the JPEG copy of CIFAR-10 (decoded once with Pillow into ``/tmp/cifar10_jpeg_*.npy``, never into
+the repository), there is no validation split (the stage holds 5,000 out), and the test set is
+scored during training.
 
 Modes:
 
     # images/s of a few widths, ~50 training steps each (pick the width that fits the budget)
     nice -n 10 .venv/bin/python benchmarks/fast_recipe.py probe --widths 16 32 48 64 --steps 50
 
-    # one full training run; writes benchmarks/results/fast.md (curve, minutes to 90%)
-    nice -n 10 .venv/bin/python benchmarks/fast_recipe.py train --width 32 --epochs 16
+    # one full training run of variants.fast (overrides: --epochs, --width, --batch-size)
+    nice -n 10 .venv/bin/python benchmarks/fast_recipe.py train --width 64 --epochs 12 --eval-from 9 \
+        --out /tmp/fast_w64e12.md --log /tmp/fast_w64e12.jsonl
 
-Reads: the JPEG archive (``--archive``). Writes: ``/tmp/cifar10_jpeg_*.npy`` (cache), the results
-markdown (``--out``) and a JSON-lines log of the curve (``--log``).
+Reads: params.yaml and the JPEG archive (``--archive``). Writes: ``/tmp/cifar10_jpeg_*.npy``
+(cache), the results markdown (``--out``) and a JSON-lines log of the curve (``--log``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -46,9 +50,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # after the path and log-level setup
+from cifar_dvc import config  # noqa: E402
 from cifar_dvc.models.fast import build_fast  # noqa: E402
 from cifar_dvc.normalization import compute_stats  # noqa: E402
 from cifar_dvc.normalization import normalize as normalize_images  # noqa: E402
+from cifar_dvc.training.augment import build_augmenter  # noqa: E402
+from cifar_dvc.training.data import group_for, make_dataset, tta_predict_fn  # noqa: E402
+from cifar_dvc.training.loop import build_compiled_model, set_determinism  # noqa: E402
+from cifar_dvc.training.variant import TrainParams, VariantParams, load_seed, load_variant  # noqa: E402
 
 ARCHIVE = Path("/work/shared/data/cifar10-jpeg.tar.gz")
 CACHE = Path("/tmp")
@@ -86,69 +95,21 @@ def load_cifar(archive: Path = ARCHIVE, cache: Path = CACHE) -> dict[str, np.nda
     return out
 
 
-def make_datasets(data: dict[str, np.ndarray], batch_size: int, translate: int, seed: int):
-    """Training set (shuffled, flip + translate on uint8, then standardized) and test set."""
-    # The pipeline's own statistics code (float64 accumulation: a float32 sum of 51M values stalls).
-    stats = compute_stats(data["x_train"], "standardize")
-    num_classes = len(CLASSES)
+def variant_for(args: argparse.Namespace) -> VariantParams:
+    """``variants.<args.variant>`` of params.yaml with the command line's overrides.
 
-    def normalize(images):
-        return normalize_images(tf.cast(images, tf.float32), stats)
-
-    def augment(images, labels):
-        # Whole-batch ops: one flip mask and one gather per batch, far cheaper than per image.
-        n = tf.shape(images)[0]
-        flip = tf.random.uniform([n, 1, 1, 1]) < 0.5
-        images = tf.where(flip, tf.reverse(images, axis=[2]), images)
-        if translate:
-            size = images.shape[1]
-            padded = tf.pad(images, [[0, 0], [translate, translate], [translate, translate], [0, 0]],
-                            mode="REFLECT")
-            shift = tf.random.uniform([n, 2], 0, 2 * translate + 1, dtype=tf.int32)
-            rows = tf.range(size)[None, :] + shift[:, :1]
-            cols = tf.range(size)[None, :] + shift[:, 1:]
-            images = tf.gather(padded, rows, axis=1, batch_dims=1)
-            images = tf.gather(images, cols, axis=2, batch_dims=1)
-        return normalize(images), tf.one_hot(labels, num_classes)
-
-    train = (tf.data.Dataset.from_tensor_slices((data["x_train"], data["y_train"]))
-             .shuffle(len(data["x_train"]), seed=seed, reshuffle_each_iteration=True)
-             .batch(batch_size, drop_remainder=True)
-             .map(augment, num_parallel_calls=1)
-             .prefetch(2))
-    test = (tf.data.Dataset.from_tensor_slices(data["x_test"]).batch(1000)
-            .map(normalize).prefetch(2))
-    return train, test
-
-
-class TriangleSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from ``start * peak`` to ``peak`` over ``warmup`` of the steps, then linear to 0."""
-
-    def __init__(self, peak: float, total_steps: int, warmup: float, start: float = 0.2):
-        self.peak, self.total_steps, self.warmup, self.start = peak, total_steps, warmup, start
-
-    def __call__(self, step):
-        step = keras.ops.cast(step, "float32")
-        w = max(1.0, self.warmup * self.total_steps)
-        up = self.start + (1.0 - self.start) * step / w
-        down = (self.total_steps - step) / max(1.0, self.total_steps - w)
-        return self.peak * keras.ops.maximum(0.0, keras.ops.minimum(up, down))
-
-    def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup": self.warmup,
-                "start": self.start}
-
-
-def predict_tta(model, test, flip_tta: bool) -> np.ndarray:
-    """Class probabilities, averaged with those of the mirrored images when ``flip_tta``."""
-    @tf.function
-    def run(x):
-        p = model(x, training=False)
-        if flip_tta:
-            p = 0.5 * (p + model(tf.reverse(x, axis=[2]), training=False))
-        return p
-
-    return np.concatenate([run(x).numpy() for x in test])
+    ``--epochs`` keeps the schedule's warm-up as the same fraction of the run.
+    """
+    params = config.read_params(args.params)
+    variant = load_variant(args.variant, params, str(args.params))
+    if args.width is not None:
+        variant.model_args["width"] = args.width
+    if args.epochs is not None:
+        variant.schedule.warmup_epochs *= args.epochs / variant.epochs
+        variant.epochs = args.epochs
+    if args.batch_size is not None:
+        variant.batch_size = args.batch_size
+    return variant
 
 
 def cpu_seconds() -> float:
@@ -185,30 +146,34 @@ def probe(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    keras.utils.set_random_seed(args.seed)
+    """The stage's own recipe (``train_variant``'s pieces) on 50,000 images, tested every epoch."""
+    variant = variant_for(args)
+    seed = load_seed(config.read_params(args.params))
+    set_determinism(seed)
     t0 = time.perf_counter()
     data = load_cifar(args.archive)
     print(f"# data {data['x_train'].shape} {data['x_test'].shape} in {time.perf_counter() - t0:.1f} s",
           flush=True)
-    train_ds, test_ds = make_datasets(data, args.batch_size, args.translate, args.seed)
-    steps_per_epoch = len(data["x_train"]) // args.batch_size
-    total_steps = steps_per_epoch * args.epochs
-
-    model = build_fast((32, 32, 3), len(CLASSES), width=args.width)
-    optimizer = keras.optimizers.SGD(
-        learning_rate=TriangleSchedule(args.lr, total_steps, args.warmup),
-        momentum=args.momentum, nesterov=True, weight_decay=args.weight_decay,
-        use_ema=args.ema > 0, ema_momentum=args.ema if args.ema > 0 else 0.99)
-    model.compile(optimizer=optimizer,
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
-                  metrics=["accuracy"])
+    # The pipeline's own statistics code (float64 accumulation: a float32 sum of 51M values stalls).
+    stats = compute_stats(data["x_train"], "standardize")
+    num_classes = len(CLASSES)
+    train_ds = make_dataset(data["x_train"], data["y_train"], num_classes, stats, variant.batch_size,
+                            shuffle=True, seed=seed, augmenter=build_augmenter(variant.augment, seed),
+                            group=group_for(variant.batch_size))
+    test_ds = (tf.data.Dataset.from_tensor_slices(data["x_test"]).batch(1000)
+               .map(lambda x: normalize_images(tf.cast(x, tf.float32), stats)).prefetch(2))
+    steps_per_epoch = math.ceil(len(data["x_train"]) / variant.batch_size)
+    model = build_compiled_model(variant, TrainParams(), (32, 32, 3), num_classes, stats, steps_per_epoch,
+                                 variant.epochs, init_images=data["x_train"])
+    optimizer = model.optimizer
+    predict = tta_predict_fn(model, variant.tta)
 
     log_path = Path(args.log)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
 
     class Clock(keras.callbacks.Callback):
-        """Training wall-clock per epoch and test accuracy (EMA weights swapped in, flip TTA)."""
+        """Training wall-clock per epoch and test accuracy (EMA weights swapped in, TTA)."""
 
         def __init__(self):
             super().__init__()
@@ -220,28 +185,33 @@ def train(args: argparse.Namespace) -> None:
             self.start = time.perf_counter()
             self.cpu_start = cpu_seconds()
 
-        def on_epoch_end(self, epoch, logs=None):
-            self.train_seconds += time.perf_counter() - self.start
-            self.train_cpu += cpu_seconds() - self.cpu_start
+        def test_accuracy(self) -> float:
             t = time.perf_counter()
             swapped = None
-            if args.ema > 0:
+            if variant.optimizer.use_ema:
                 # Evaluate the averaged weights without disturbing training: swap in, then back.
                 swapped = [v.numpy() for v in optimizer._trainable_variables]
                 for v, avg in zip(optimizer._trainable_variables,
                                   optimizer._model_variables_moving_average, strict=True):
                     v.assign(avg)
-            probs = predict_tta(self.model, test_ds, args.flip_tta)
+            probs = np.concatenate([predict(x).numpy() for x in test_ds])
             if swapped is not None:
                 for v, w in zip(optimizer._trainable_variables, swapped, strict=True):
                     v.assign(w)
-            acc = float((probs.argmax(1) == data["y_test"]).mean())
             self.eval_seconds += time.perf_counter() - t
+            return float((probs.argmax(1) == data["y_test"]).mean())
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.train_seconds += time.perf_counter() - self.start
+            self.train_cpu += cpu_seconds() - self.cpu_start
+            acc = None
+            if epoch + 1 >= min(args.eval_from, variant.epochs):
+                acc = round(self.test_accuracy(), 4)
             row = {"epoch": epoch + 1, "train_minutes": round(self.train_seconds / 60, 3),
                    # CPU time of this process over both cores / 2: the wall-clock the same work
-                   # would take on 2 dedicated cores (an estimate; the cores were shared)
+                   # would take on 2 dedicated cores (an estimate when the cores are shared)
                    "dedicated_minutes": round(self.train_cpu / 2 / 60, 3),
-                   "test_accuracy": round(acc, 4), "train_accuracy": round(float(logs["accuracy"]), 4),
+                   "test_accuracy": acc, "train_accuracy": round(float(logs["accuracy"]), 4),
                    "train_loss": round(float(logs["loss"]), 4), "load": load_average()}
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -250,49 +220,53 @@ def train(args: argparse.Namespace) -> None:
 
     clock = Clock()
     load_start = load_average()
-    model.fit(train_ds, epochs=args.epochs, callbacks=[clock], verbose=0)
-    write_results(args, rows, clock, model.count_params(), load_start)
+    model.fit(train_ds, epochs=variant.epochs, callbacks=[clock], verbose=0)
+    write_results(args, variant, rows, clock, model.count_params(), load_start)
 
 
-def write_results(args: argparse.Namespace, rows: list[dict], clock, params: int, load_start: str) -> None:
-    to90 = next((r for r in rows if r["test_accuracy"] >= 0.90), None)
-    best = max(rows, key=lambda r: r["test_accuracy"])
+def write_results(args: argparse.Namespace, variant: VariantParams, rows: list[dict], clock,
+                  params: int, load_start: str) -> None:
+    tested = [r for r in rows if r["test_accuracy"] is not None]
+    to90 = next((r for r in tested if r["test_accuracy"] >= 0.90), None)
+    best = max(tested, key=lambda r: r["test_accuracy"])
+    weights = "EMA weights" if variant.optimizer.use_ema else "raw weights"
     cpu = platform.processor() or "unknown"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                     if line.startswith("model name")), cpu)
     command = "nice -n 10 .venv/bin/python benchmarks/fast_recipe.py " + " ".join(sys.argv[1:])
+    recipe = json.dumps(dataclasses.asdict(variant), sort_keys=True)
     lines = [
         "# `fast` variant: CIFAR-10 test accuracy against training wall-clock",
         "",
         f"- Machine: {platform.node()}, {cpu}, {os.cpu_count()} cores, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}",
+        f"{platform.release()}, Python {platform.python_version()}, TensorFlow {tf.__version__}, "
+        f"Keras {keras.__version__}",
         f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- Command: `{command}`",
-        f"- Load average (1/5/15 min) at start: {load_start}; at end: {load_average()}. The 2 cores "
-        "were shared with other jobs during the run (see the per-epoch load column), so these "
-        "times are upper bounds for 2 dedicated cores.",
+        f"- Load average (1/5/15 min) at start: {load_start}; at end: {load_average()} (per epoch in "
+        "the table: above 2 means other jobs shared the 2 cores and the times are upper bounds).",
         f"- Data: real CIFAR-10 from the JPEG re-encoding (quality ~75) in `{args.archive}`, "
         "50,000 train / 10,000 test; expect a point or two below the original pickles.",
-        f"- Model: `build_fast(width={args.width})`, {params:,} parameters.",
-        f"- Recipe: batch {args.batch_size}, SGD Nesterov momentum {args.momentum}, peak lr {args.lr} "
-        f"(linear warmup from 0.2x over {args.warmup:.0%} of the steps, then linear to 0), weight decay "
-        f"{args.weight_decay} (decoupled, Keras `weight_decay`), label smoothing {args.label_smoothing}, "
-        f"flip + translate {args.translate} px, EMA {args.ema or 'off'}, flip TTA {args.flip_tta}, "
-        f"{args.epochs} epochs, seed {args.seed}.",
+        f"- Recipe: `variants.{args.variant}` of `{args.params}` run through the stage's own code "
+        f"(`build_compiled_model`, `make_dataset`, `build_augmenter`, `tta_predict_fn`), "
+        f"{params:,} parameters: `{recipe}`",
         f"- Result: best test accuracy {best['test_accuracy']:.2%} (epoch {best['epoch']}); final "
-        f"{rows[-1]['test_accuracy']:.2%} after {rows[-1]['train_minutes']:.1f} training minutes.",
+        f"{tested[-1]['test_accuracy']:.2%} after {rows[-1]['train_minutes']:.1f} training minutes.",
         "- Minutes to 90%: " + (f"**{to90['train_minutes']:.1f}** (epoch {to90['epoch']})" if to90
                                  else "not reached in this run") + ".",
         f"- Evaluation time (not counted above): {clock.eval_seconds / 60:.1f} min in all.",
         "",
-        "| epoch | training minutes | test accuracy (EMA, flip TTA) | train accuracy | train loss "
-        "| load 1/5/15 |",
-        "|---:|---:|---:|---:|---:|---|",
+        f"| epoch | training minutes | CPU-minutes / 2 | test accuracy ({weights}, TTA {variant.tta}) "
+        "| train accuracy "
+        "| train loss | load 1/5/15 |",
+        "|---:|---:|---:|---:|---:|---:|---|",
     ]
-    lines += [f"| {r['epoch']} | {r['train_minutes']:.2f} | {r['test_accuracy']:.2%} | "
-              f"{r['train_accuracy']:.2%} | {r['train_loss']:.3f} | {r['load']} |" for r in rows]
+    lines += [f"| {r['epoch']} | {r['train_minutes']:.2f} | {r['dedicated_minutes']:.2f} | "
+              f"{'not tested' if r['test_accuracy'] is None else format(r['test_accuracy'], '.2%')} | "
+              f"{r['train_accuracy']:.2%} | {r['train_loss']:.3f} | "
+              f"{r['load']} |" for r in rows]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -310,19 +284,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=50)
     t = sub.add_parser("train", help="one full training run with the per-epoch curve")
     t.add_argument("--archive", type=Path, default=ARCHIVE)
-    t.add_argument("--width", type=int, default=32)
-    t.add_argument("--epochs", type=int, default=16)
-    t.add_argument("--batch-size", type=int, default=512)
-    t.add_argument("--lr", type=float, default=0.65, help="peak learning rate (mean loss)")
-    t.add_argument("--momentum", type=float, default=0.85)
-    t.add_argument("--weight-decay", type=float, default=0.01)
-    t.add_argument("--warmup", type=float, default=0.2, help="fraction of the steps")
-    t.add_argument("--label-smoothing", type=float, default=0.2)
-    t.add_argument("--translate", type=int, default=2)
-    t.add_argument("--ema", type=float, default=0.99, help="EMA momentum per step, 0 = off")
-    t.add_argument("--flip-tta", type=int, default=1)
-    t.add_argument("--seed", type=int, default=7)
-    t.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fast.md"))
+    t.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    t.add_argument("--variant", default="fast")
+    t.add_argument("--width", type=int, help="override model_args.width")
+    t.add_argument("--epochs", type=int, help="override epochs (the warm-up keeps its fraction)")
+    t.add_argument("--batch-size", type=int, help="override batch_size")
+    t.add_argument("--eval-from", type=int, default=1, help="first epoch tested (testing costs time)")
+    t.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fast_run.md"))
     t.add_argument("--log", default="/tmp/fast_recipe_curve.jsonl")
     args = parser.parse_args(argv)
     if args.mode == "probe":

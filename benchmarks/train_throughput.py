@@ -7,6 +7,9 @@ twice in this one process, back to back so both see the same machine load:
   did) and float64 one-hot labels into ``model.fit(x, y, batch_size=...)``, one step per call.
 - ``ours``: ``cifar_dvc.training`` as ``train@<variant>`` runs it: uint8 arrays, tf.data with
   per-batch cast + normalization (+ the variant's augmentation), prefetch, steps_per_execution.
+- ``ceiling`` (with ``--ceiling``): the same compiled model as ``ours`` fed from batches that are
+  already normalized float32 tensors in memory (``Dataset.cache()``, no augmentation): no input
+  pipeline can beat it, so ``ceiling / seeds' way`` is the most any input pipeline could gain.
 
 Each measurement compiles and warms up first, then times up to ``--steps`` steps or
 ``--max-seconds`` seconds, whichever comes first. MobileNet variants run with ``weights: none``
@@ -15,7 +18,8 @@ Each measurement compiles and warms up first, then times up to ``--steps`` steps
     nice -n 10 python benchmarks/train_throughput.py --data /tmp/real/data/prepared \
         --out benchmarks/results/train_throughput.md
 
-Reads params.yaml and the prepared data. Writes the markdown report given by ``--out``.
+Reads params.yaml and the prepared data. Writes the markdown report given by ``--out``
+(atomically), keeping the hand-written ``## Reading`` section of an existing report.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import numpy as np
 from cifar_dvc import artifacts, config
 from cifar_dvc.normalization import STATS_FILE, load_stats
 from cifar_dvc.training.augment import build_augmenter
-from cifar_dvc.training.data import make_dataset
+from cifar_dvc.training.data import group_for, make_dataset
 from cifar_dvc.training.loop import build_compiled_model, set_determinism
 from cifar_dvc.training.variant import TrainParams, load_variant, variant_names
 
@@ -82,6 +86,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", help="default: every variant of params.yaml")
     parser.add_argument("--steps", type=int, default=300, help="timed steps per measurement (at most)")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="time budget per measurement")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also time the model on pre-normalized cached batches (no input work)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -121,12 +127,21 @@ def main() -> None:
         model = build_compiled_model(variant, train, meta.image_shape, meta.num_classes, stats,
                                      math.ceil(n / bs), variant.epochs)
         ds = make_dataset(split.x[:n], split.y[:n], meta.num_classes, stats, bs, shuffle=True, seed=0,
-                          augmenter=build_augmenter(variant.augment, 0))
+                          augmenter=build_augmenter(variant.augment, 0), group=group_for(bs))
         model.fit(ds.take(spe), epochs=1, verbose=0, shuffle=False)  # trace one compiled call
         ours = _measure(model, {"x": ds, "shuffle": False}, bs, args.steps, args.max_seconds)
-        rows.append((name, variant.model, bs, spe, variant.augment.enabled, seeds, ours))
+
+        ceiling = math.nan
+        if args.ceiling:  # same compiled model, batches computed once and kept in memory
+            cached = make_dataset(split.x[:n], split.y[:n], meta.num_classes, stats, bs,
+                                  shuffle=False, seed=0).cache()
+            for _ in cached:  # fill the cache before timing
+                pass
+            ceiling = _measure(model, {"x": cached, "shuffle": False}, bs, args.steps, args.max_seconds)
+        rows.append((name, variant.model, bs, spe, variant.augment.enabled, seeds, ours, ceiling))
         print(f"{name:10s} batch {bs:3d}: seeds' way {seeds:8.0f} img/s, ours {ours:8.0f} img/s, "
-              f"x{ours / seeds:.2f}  (load {os.getloadavg()[0]:.1f})", flush=True)
+              f"x{ours / seeds:.2f}, ceiling {ceiling:8.0f} img/s  (load {os.getloadavg()[0]:.1f})",
+              flush=True)
 
     load_after = os.getloadavg()
     lines = [
@@ -140,22 +155,34 @@ def main() -> None:
         "is measured back to back).",
         f"- Data: {args.data} ({len(split)} real CIFAR-10 training images, 32x32x3).",
         f"- Command: `nice -n 10 python benchmarks/train_throughput.py --data {args.data} "
-        f"--steps {args.steps} --max-seconds {args.max_seconds} --out {args.out}`",
+        f"--steps {args.steps} --max-seconds {args.max_seconds}"
+        + (f" --variants {' '.join(args.variants)}" if args.variants else "")
+        + (" --ceiling" if args.ceiling else "") + f" --out {args.out}`",
         "- Seeds' way: float64 `x / 255.` and float64 one-hot labels into `model.fit(x, y, batch_size)`, "
         "steps_per_execution 1. Ours: uint8 -> tf.data (shuffle indices, gather, cast, augment, "
         "normalize, prefetch), steps_per_execution as configured. Same model, optimizer, batch size; "
         "ours also pays for the variant's augmentation (the seeds' way has none). MobileNet with "
-        "`weights: none` (same compute).",
+        "`weights: none` (same compute). Ceiling: the same model as ours on already-normalized "
+        "float32 batches cached in memory (no input work at all).",
         f"- Each measurement: warm-up, then up to {args.steps} steps or {args.max_seconds:.0f} s.",
         "",
-        "| variant | model | batch | steps/exec | augment | seeds' way (img/s) | ours (img/s) | speed-up |",
-        "|---|---|---:|---:|---|---:|---:|---:|",
+        "| variant | model | batch | steps/exec | augment | seeds' way (img/s) | ours (img/s) | speed-up "
+        "| ceiling (img/s) | ceiling speed-up |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for name, model_name, bs, spe, aug, seeds, ours in rows:
+    for name, model_name, bs, spe, aug, seeds, ours, ceiling in rows:
+        top = ("- | -" if math.isnan(ceiling) else f"{ceiling:,.0f} | {ceiling / seeds:.2f}x")
         lines.append(f"| {name} | {model_name} | {bs} | {spe} | {'yes' if aug else 'no'} | {seeds:,.0f} | "
-                     f"{ours:,.0f} | {ours / seeds:.2f}x |")
+                     f"{ours:,.0f} | {ours / seeds:.2f}x | {top} |")
+    text = "\n".join(lines) + "\n"
+    if args.out.exists():  # keep the analysis written by hand under "## Reading"
+        old = args.out.read_text()
+        if "\n## Reading" in old:
+            text += "\n## Reading" + old.split("\n## Reading", 1)[1]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(args.out)
     print(f"wrote {args.out}")
 
 

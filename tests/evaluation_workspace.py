@@ -82,7 +82,7 @@ def make_workspace(root: Path, prepared_dir: Path, variants: dict[str, bool], cu
 
 
 VARIANTS = {"cnn": True, "mlp": False}  # real variant names (params.yaml declares them), tiny models
-TTA = {"cnn": False, "mlp": True}
+TTA = {"cnn": 0, "mlp": 1}
 _CACHE: dict[str, Path] = {}
 
 

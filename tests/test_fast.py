@@ -11,7 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-from cifar_dvc.models.fast import build_fast
+from cifar_dvc import models
+from cifar_dvc.models.fast import build_fast, init_whitening, whitening_kernel
+from cifar_dvc.training.optim import NormBiasScaledSGD
 
 
 def _images(n: int, shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -30,16 +32,89 @@ def test_outputs_are_probability_distributions(shape: tuple[int, int, int], clas
 
 
 def test_parameter_count_is_stable() -> None:
-    # stem 3x3x3x24 + BN shift 24 (+ 2x24 moving stats), blocks 64/256/256 likewise, head 256x10.
+    # whiten 2x2x3x24 (frozen), blocks 64/256/256 with BN shift + 2 moving stats, head 256x10.
     # A change here changes the model people compare against; update the docs with it.
-    assert build_fast((32, 32, 3), 10).count_params() == 1_974_352
-    assert build_fast((28, 28, 1), 10).count_params() == 1_973_920
-    assert build_fast((32, 32, 3), 10, width=32).count_params() == 499_088
-    # Only the BN shifts learn (gamma frozen at 1, as in airbench): moving stats are not trainable.
+    assert build_fast((32, 32, 3), 10).count_params() == 1_973_920
+    assert build_fast((32, 32, 3), 10, width=32).count_params() == 498_656
+    assert build_fast((32, 32, 3), 10, stem="conv").count_params() == 1_974_352  # conv3x3(24) + BN stem
+    # MNIST: 8 whitening filters (2 x 4 patch pixels) feed block 1
+    mnist = 1_973_920 - 2 * 2 * 3 * 24 + 2 * 2 * 1 * 8 - (24 - 8) * 64 * 9
+    assert build_fast((28, 28, 1), 10).count_params() == mnist
+    # Only the BN shifts and the convs learn: moving stats and the whitening filters are frozen.
     model = build_fast((32, 32, 3), 10, width=32)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    bn_channels = 24 + 2 * 32 + 4 * 128
-    assert trainable == 499_088 - 2 * bn_channels
+    bn_channels = 2 * 32 + 4 * 128
+    assert trainable == 498_656 - 2 * bn_channels - 2 * 2 * 3 * 24
+
+
+def test_whitening_kernel_decorrelates_patches() -> None:
+    rng = np.random.default_rng(0)
+    # strongly correlated neighbours and channels, like natural images
+    base = rng.normal(size=(64, 17, 17, 1))
+    images = base[:, :16, :16] + 0.5 * base[:, 1:, 1:] + 0.1 * rng.normal(size=(64, 16, 16, 3))
+    kernel = whitening_kernel(images, eps=1e-9)
+    assert kernel.shape == (2, 2, 3, 24)
+    np.testing.assert_allclose(kernel[..., 12:], -kernel[..., :12])
+    patches = np.stack([images[:, i:i + 15, j:j + 15, :] for i in range(2) for j in range(2)], axis=3)
+    patches = patches.reshape(-1, 12)
+    whitened = patches @ kernel.reshape(12, 24)[:, :12]
+    np.testing.assert_allclose(whitened.T @ whitened / len(whitened), np.eye(12), atol=1e-3)
+    with pytest.raises(ValueError, match="at least 2x2"):
+        whitening_kernel(np.zeros((3, 1, 5, 3)))
+
+
+def test_init_from_data_sets_the_whitening_stem_only_where_there_is_one() -> None:
+    images = _images(50, (32, 32, 3), seed=4)
+    model = build_fast((32, 32, 3), 10, width=8)
+    assert models.init_from_data(model, images)
+    kernel = np.asarray(model.get_layer("whiten").kernel)
+    np.testing.assert_allclose(kernel, whitening_kernel(images), rtol=1e-5)
+    assert not init_whitening(build_fast((32, 32, 3), 10, width=8, stem="conv"), images)
+    assert not models.init_from_data(models.build("cnn", (32, 32, 3), 10), images)
+
+
+def test_dirac_init_starts_each_block_conv_as_an_identity_on_its_first_channels() -> None:
+    model = build_fast((32, 32, 3), 10, width=8)
+    square = np.asarray(model.get_layer("block1b_conv").kernel)  # 8 -> 8: all filters identities
+    expected = np.zeros_like(square)
+    expected[1, 1, np.arange(8), np.arange(8)] = 1
+    np.testing.assert_array_equal(square, expected)
+    widening = np.asarray(model.get_layer("block2a_conv").kernel)  # 8 -> 32: 8 identities, 24 random
+    np.testing.assert_array_equal(widening[..., :8], expected)
+    assert np.abs(widening[..., 8:]).min() > 0
+    plain = np.asarray(build_fast((32, 32, 3), 10, width=8, dirac=False).get_layer("block1b_conv").kernel)
+    assert np.count_nonzero(plain) == plain.size
+
+
+def test_stem_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="stem_width applies to stem 'conv'"):
+        build_fast((32, 32, 3), 10, stem_width=8)
+    with pytest.raises(ValueError, match="stem must be"):
+        build_fast((32, 32, 3), 10, stem="resnet")
+
+
+def test_norm_bias_lr_scale_multiplies_the_step_of_batchnorm_shifts_only() -> None:
+    def one_step(scale: float) -> tuple[np.ndarray, np.ndarray]:
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4,))
+        x = keras.layers.Dense(3, name="dense")(inputs)
+        outputs = keras.layers.BatchNormalization(scale=False, name="bn")(x)
+        model = keras.Model(inputs, outputs)
+        before = [np.asarray(w) for w in model.trainable_weights]
+        opt = NormBiasScaledSGD(norm_bias_lr_scale=scale, learning_rate=0.1, momentum=0.9, nesterov=True)
+        model.compile(optimizer=opt, loss="mse")
+        model.train_on_batch(np.arange(8, dtype="float32").reshape(2, 4), np.ones((2, 3), "float32"))
+        after = [np.asarray(w) for w in model.trainable_weights]
+        kernel, _bias, beta = (a - b for a, b in zip(after, before, strict=True))
+        return kernel, beta
+
+    kernel1, beta1 = one_step(1.0)
+    kernel64, beta64 = one_step(64.0)
+    assert np.abs(beta1).min() > 0
+    np.testing.assert_allclose(beta64, 64 * beta1, rtol=1e-4)
+    np.testing.assert_allclose(kernel64, kernel1, rtol=1e-6)
+    config = NormBiasScaledSGD(norm_bias_lr_scale=8.0).get_config()
+    assert NormBiasScaledSGD.from_config(config).norm_bias_lr_scale == 8.0
 
 
 def test_rejects_nonpositive_width() -> None:
@@ -61,7 +136,8 @@ def test_a_few_training_steps_reduce_the_loss() -> None:
 
 def test_keras_file_round_trip_gives_identical_predictions(tmp_path: Path) -> None:
     keras.utils.set_random_seed(5)
-    model = build_fast((28, 28, 1), 10, width=8, stem_width=8, scaling=0.25)
+    model = build_fast((28, 28, 1), 10, width=8, scaling=0.25)
+    init_whitening(model, _images(20, (28, 28, 1), seed=3))
     x = _images(6, (28, 28, 1), seed=2)
     # one training step so that weights and BN statistics are not at their initial values
     model.compile(optimizer="sgd", loss="categorical_crossentropy")

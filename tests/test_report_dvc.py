@@ -46,7 +46,7 @@ def test_metrics_diff_shows_only_the_variant_whose_param_changed(repo: Path) -> 
 
     _git(repo, "checkout", "-q", "-b", "mlp-tta")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["variants"]["mlp"]["tta"] = True
+    params["variants"]["mlp"]["tta"] = 1
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     second = run_dvc(repo, "repro", "--single-item", *STAGES)
     assert "Running stage 'evaluate@mlp'" in second.stdout

@@ -105,13 +105,30 @@ def test_ema_last_checkpoint_tta_and_onecycle(tmp_path: Path, prepared_dir: Path
     variant = _tiny(model="mlp", model_args={"hidden_units": 32}, epochs=2, label_smoothing=0.1,
                     optimizer={"name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "nesterov": True,
                                "use_ema": True, "ema_momentum": 0.5},
-                    schedule={"name": "onecycle", "warmup_epochs": 0.5}, checkpoint="last", tta=True,
+                    schedule={"name": "onecycle", "warmup_epochs": 0.5}, checkpoint="last", tta=1,
                     augment={"crop_padding": 2, "flip": True, "cutout": 4})
     result = _run(tmp_path, prepared_dir, variant)
     assert len(result.history["val_tta_accuracy"]) == 2
     assert result.history["learning_rate"][-1] == pytest.approx(0.0, abs=1e-9)  # decayed to 0 at the end
     assert result.summary["best_epoch"] == 2 and result.summary["checkpoint"] == "last"
     assert (tmp_path / "models" / "tiny.keras").is_file()
+
+
+def test_fast_variant_saves_its_whitening_stem_set_from_the_training_images(tmp_path: Path,
+                                                                            prepared_dir: Path) -> None:
+    from cifar_dvc.models.fast import whitening_kernel
+    from cifar_dvc.normalization import normalize
+
+    variant = _tiny(model="fast", model_args={"width": 4}, epochs=1, batch_size=64, tta=2,
+                    optimizer={"name": "sgd", "learning_rate": 0.05, "momentum": 0.85, "nesterov": True,
+                               "norm_bias_lr_scale": 64}, augment={"crop_padding": 2, "flip": True})
+    result = _run(tmp_path, prepared_dir, variant)
+    assert len(result.history["val_tta_accuracy"]) == 1
+    model = keras.models.load_model(tmp_path / "models" / "tiny.keras")
+    assert type(model.optimizer).__name__ == "NormBiasScaledSGD" and model.optimizer.norm_bias_lr_scale == 64
+    train = artifacts.load_split(prepared_dir / "train.npz")
+    expected = whitening_kernel(normalize(train.x[:5000], load_stats(prepared_dir / STATS_FILE)))
+    np.testing.assert_allclose(np.asarray(model.get_layer("whiten").kernel), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_plateau_and_early_stopping(tmp_path: Path, prepared_dir: Path) -> None:

@@ -2,8 +2,8 @@
 
 For each set the model's probabilities come from one compiled, batched ``model.predict`` over a
 ``tf.data`` pipeline that normalizes the uint8 images on the fly (with the statistics stored in
-the model's sidecar, i.e. exactly those it was trained with); with flip test-time augmentation
-(``variants.<name>.tta``) the probabilities of the image and of its mirror image are averaged.
+the model's sidecar, i.e. exactly those it was trained with); with test-time augmentation
+(``variants.<name>.tta``: 1 mirror, 2 mirror and shifts) the views' probabilities are averaged.
 
 Writes (through ``write_outputs``):
 
@@ -91,30 +91,31 @@ def load_model(path: Path | str) -> Any:
         raise DataError(f"{path}: not a loadable Keras model ({exc})") from None
 
 
-def predict(model: Any, x: np.ndarray, stats: NormStats, batch_size: int, tta: bool = False) -> np.ndarray:
+def predict(model: Any, x: np.ndarray, stats: NormStats, batch_size: int, tta: int = 0) -> np.ndarray:
     """Class probabilities (N x K float32) of uint8 images ``x``, batched, normalized on the fly.
 
-    With ``tta`` the probabilities of each image and of its horizontal mirror are averaged.
+    ``tta`` is the test-time augmentation level of ``cifar_dvc.training.data.tta_views``
+    (0 none, 1 image + mirror, 2 also mirrored 1-pixel shifts): the views' probabilities are averaged.
     """
     import tensorflow as tf
 
-    def pipeline(flip: bool) -> Any:
+    from cifar_dvc.training.data import tta_views
+
+    def pipeline(view: int) -> Any:
         data = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
 
         def prepare(batch: Any) -> Any:
-            batch = normalize(tf.cast(batch, tf.float32), stats)
-            return tf.reverse(batch, axis=[2]) if flip else batch  # axis 2 = width in NHWC
+            return tta_views(normalize(tf.cast(batch, tf.float32), stats), tta)[view][1]
 
         return data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    probs = model.predict(pipeline(False), verbose=0)
-    if tta:
-        probs = (probs + model.predict(pipeline(True), verbose=0)) / 2.0
+    weights = [w for w, _ in tta_views(tf.zeros([1, 3, 3, 1]), tta)]  # also checks the level
+    probs = sum(w * model.predict(pipeline(i), verbose=0) for i, w in enumerate(weights))
     return np.asarray(probs, np.float32)
 
 
 def evaluate_sets(model: Any, info: modelinfo.ModelInfo, sets: list[EvalSet], params: EvaluateParams,
-                  tta: bool) -> dict[str, dict[str, Any]]:
+                  tta: int) -> dict[str, dict[str, Any]]:
     """Predictions and ``metrics.summarize`` of each set, by set name."""
     num_classes = len(info.classes)
     out = {}
@@ -147,7 +148,7 @@ def metrics_json(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def results_json(variant: str, classes: list[str], tta: bool,
+def results_json(variant: str, classes: list[str], tta: int,
                  results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Everything of ``metrics_json`` plus the per-class arrays, confusion matrices, calibration."""
     sets = {}
@@ -174,7 +175,7 @@ def confusion_csv(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> str:
     return buffer.getvalue()
 
 
-def write_outputs(variant: str, info: modelinfo.ModelInfo, tta: bool, results: dict[str, dict[str, Any]],
+def write_outputs(variant: str, info: modelinfo.ModelInfo, tta: int, results: dict[str, dict[str, Any]],
                   metrics_path: Path | str, out_dir: Path | str) -> None:
     """Write ``eval/<name>/`` as a whole (atomic directory), then ``metrics/<name>.json``."""
     with atomic.atomic_dir(out_dir) as tmp:
@@ -191,7 +192,7 @@ def write_outputs(variant: str, info: modelinfo.ModelInfo, tta: bool, results: d
 
 
 def run(variant: str, model_path: Path | str, prepared: Path | str, custom: Path | str,
-        params: EvaluateParams, tta: bool, metrics_path: Path | str, out_dir: Path | str) -> dict[str, Any]:
+        params: EvaluateParams, tta: int, metrics_path: Path | str, out_dir: Path | str) -> dict[str, Any]:
     """Evaluate ``variant`` and write its outputs; returns the metrics JSON content."""
     info = modelinfo.load_info(model_path)
     sets = load_sets(prepared, custom)

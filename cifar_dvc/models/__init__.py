@@ -27,7 +27,7 @@ from cifar_dvc import config
 from cifar_dvc.errors import ParamsError
 from cifar_dvc.models import layers as layers  # registers the custom layers with Keras
 from cifar_dvc.models import mobilenet, seeds
-from cifar_dvc.models.fast import build_fast
+from cifar_dvc.models.fast import build_fast, init_whitening
 from cifar_dvc.normalization import NormStats
 
 Builder = Callable[..., keras.Model]
@@ -103,3 +103,9 @@ def _args_dataclass(builder: Builder) -> type:
         default = None if param.default is param.empty else param.default
         fields.append((param.name, hints.get(param.name, Any), dataclasses.field(default=default)))
     return dataclasses.make_dataclass(f"{builder.__name__}_args", fields)
+
+
+def init_from_data(model: keras.Model, images: Any) -> bool:
+    """Set a model's data-dependent weights (``fast``'s whitening stem) from normalized training
+    ``images`` (N, H, W, C float32); True if the model had any. Call once, after building."""
+    return init_whitening(model, images)

@@ -22,14 +22,29 @@ import tensorflow as tf
 
 from cifar_dvc.normalization import NormStats, normalize
 
+# Images per tf.data map call: small batches are gathered in groups of about this many, so the
+# per-call overhead stays small next to the training steps (benchmarks/results/train_throughput.md).
+GROUP_IMAGES = 512
+
+
+def group_for(batch_size: int) -> int:
+    """How many batches of ``batch_size`` one map call should prepare (>= 1)."""
+    return max(1, GROUP_IMAGES // batch_size)
+
 
 def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, stats: NormStats, batch_size: int,
-                 shuffle: bool, seed: int, augmenter: keras.Layer | None = None) -> tf.data.Dataset:
+                 shuffle: bool, seed: int, augmenter: keras.Layer | None = None,
+                 group: int = 1) -> tf.data.Dataset:
     """Batches of ``(normalized float32 images, one-hot float32 labels)`` from uint8 ``x``.
 
     ``shuffle`` reshuffles every epoch (deterministically from ``seed``); ``augmenter`` is
-    applied to training batches on 0..255 pixels before normalization.
+    applied to training batches on 0..255 pixels before normalization. ``group`` batches are
+    gathered, cast, augmented and normalized by one map call, then split: the same batches in the
+    same order, but the fixed cost of a tf.data call (~1 ms on 2 cores, as much as a whole
+    training step of the small seed models at batch 32) is paid once per group.
     """
+    if group < 1:
+        raise ValueError(f"group must be >= 1, got {group}")
     if x.dtype != np.uint8:
         raise ValueError(f"images must be uint8, got {x.dtype}")
     images = tf.constant(x)
@@ -37,7 +52,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, stats: NormStat
     ds = tf.data.Dataset.range(len(x))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    ds = ds.batch(batch_size * group)
 
     def load(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         batch = tf.cast(tf.gather(images, index), tf.float32)
@@ -48,13 +63,17 @@ def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, stats: NormStat
     # One map call at a time keeps augmentation's random stream in a fixed order (determinism);
     # the work per batch is small next to a training step, and prefetch overlaps the two.
     ds = ds.map(load)
+    if group > 1:
+        # rebatch loses the cardinality; Keras needs it for the progress bar and epoch ends.
+        ds = ds.rebatch(batch_size).apply(
+            tf.data.experimental.assert_cardinality(-(-len(x) // batch_size)))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def flip_tta_accuracy(model: keras.Model, dataset: tf.data.Dataset) -> float:
-    """Accuracy of averaging the model's predictions on each image and its horizontal flip."""
+def tta_accuracy(model: keras.Model, dataset: tf.data.Dataset, level: int = 1) -> float:
+    """Accuracy with test-time augmentation ``level`` (see ``tta_views``)."""
     correct = total = 0
-    predict = _tta_predict_fn(model)
+    predict = tta_predict_fn(model, level)
     for images, labels in dataset:
         probs = predict(images)
         correct += int(tf.reduce_sum(tf.cast(
@@ -63,9 +82,34 @@ def flip_tta_accuracy(model: keras.Model, dataset: tf.data.Dataset) -> float:
     return correct / max(total, 1)
 
 
-def _tta_predict_fn(model: keras.Model) -> Any:
+def tta_views(images: tf.Tensor, level: int) -> list[tuple[float, tf.Tensor]]:
+    """``(weight, view)`` pairs whose weighted predictions average to the TTA prediction.
+
+    Level 0: the image. 1: the image and its mirror, 1/2 each. 2 (airbench94's): those two with
+    weight 1/4 each, and the mirror pair of the image shifted one pixel up-left and of the image
+    shifted one pixel down-right (reflect padding) with 1/8 each: the shifts match the 2-pixel
+    translation seen in training. NHWC: axis 2 is the width.
+    """
+    if level not in (0, 1, 2):
+        raise ValueError(f"test-time augmentation level must be 0, 1 or 2, got {level}")
+    if level == 0:
+        return [(1.0, images)]
+    views = [images]
+    if level == 2:
+        height, width = images.shape[1], images.shape[2]
+        padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        views += [padded[:, :height, :width, :], padded[:, 2:height + 2, 2:width + 2, :]]
+    weights = [1 / 2] if level == 1 else [1 / 4, 1 / 8, 1 / 8]
+    return [(w, v) for w, view in zip(weights, views, strict=True)
+            for v in (view, tf.reverse(view, axis=[2]))]
+
+
+def tta_predict_fn(model: keras.Model, level: int) -> Any:
+    """A traced ``images -> probabilities`` averaged over ``tta_views(images, level)``."""
+    tta_views(tf.zeros([1, 3, 3, 1]), level)  # check the level now, not at the first call
+
     @tf.function(reduce_retracing=True)
     def predict(images: tf.Tensor) -> tf.Tensor:
-        return (model(images, training=False) + model(tf.reverse(images, axis=[2]), training=False)) / 2
+        return tf.add_n([w * model(view, training=False) for w, view in tta_views(images, level)])
 
     return predict

@@ -36,10 +36,13 @@ import tensorflow as tf
 from cifar_dvc import artifacts, atomic, config, models
 from cifar_dvc.errors import DataError
 from cifar_dvc.modelinfo import ModelInfo, save_info
-from cifar_dvc.normalization import STATS_FILE, NormStats, load_stats
+from cifar_dvc.normalization import STATS_FILE, NormStats, load_stats, normalize
 from cifar_dvc.training import data, optim
 from cifar_dvc.training.augment import build_augmenter
 from cifar_dvc.training.variant import TrainParams, VariantParams
+
+# Training images that set data-dependent weights (airbench: 5,000 give a stable patch covariance).
+WHITENING_SAMPLE = 5000
 
 
 @dataclasses.dataclass
@@ -72,9 +75,15 @@ def fit_verbosity(setting: str) -> int:
 
 def build_compiled_model(variant: VariantParams, train: TrainParams, image_shape: tuple[int, int, int],
                          num_classes: int, stats: NormStats, steps_per_epoch: int,
-                         epochs: int) -> keras.Model:
-    """The variant's model, compiled with its optimizer, schedule and loss (call in a strategy scope)."""
+                         epochs: int, init_images: np.ndarray | None = None) -> keras.Model:
+    """The variant's model, compiled with its optimizer, schedule and loss (call in a strategy scope).
+
+    ``init_images`` (uint8 training images) set the data-dependent weights of models that have
+    them (``fast``'s whitening stem); without them those weights keep their random init.
+    """
     model = models.build(variant.model, image_shape, num_classes, normalization=stats, **variant.model_args)
+    if init_images is not None:
+        models.init_from_data(model, normalize(init_images[:WHITENING_SAMPLE], stats))
     lr = optim.build_schedule(variant.schedule, variant.optimizer.learning_rate, steps_per_epoch, epochs)
     model.compile(
         optimizer=optim.build_optimizer(variant.optimizer, lr),
@@ -110,12 +119,13 @@ def train_variant(name: str, variant: VariantParams, train: TrainParams, seed: i
     steps_per_epoch = math.ceil(len(train_split) / variant.batch_size)
     strategy = select_strategy()
     train_ds = data.make_dataset(train_split.x, train_split.y, meta.num_classes, stats, variant.batch_size,
-                                 shuffle=True, seed=seed, augmenter=build_augmenter(variant.augment, seed))
+                                 shuffle=True, seed=seed, augmenter=build_augmenter(variant.augment, seed),
+                                 group=data.group_for(variant.batch_size))
     val_ds = data.make_dataset(val_split.x, val_split.y, meta.num_classes, stats, variant.batch_size,
                                shuffle=False, seed=seed)
     with strategy.scope():
         model = build_compiled_model(variant, train, meta.image_shape, meta.num_classes, stats,
-                                     steps_per_epoch, epochs)
+                                     steps_per_epoch, epochs, init_images=train_split.x)
 
     model_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{model_path.name}.", dir=model_path.parent) as tmp, \
@@ -126,7 +136,7 @@ def train_variant(name: str, variant: VariantParams, train: TrainParams, seed: i
                                 enabled=variant.checkpoint == "best")
         callbacks: list[keras.callbacks.Callback] = [timer, _LearningRateLogger()]
         if variant.tta:
-            callbacks.append(_FlipTTAValidation(val_ds))
+            callbacks.append(_TTAValidation(val_ds, variant.tta))
         plateau = optim.plateau_callback(variant.schedule)
         if plateau is not None:
             callbacks.append(plateau)
@@ -206,16 +216,16 @@ class _LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-class _FlipTTAValidation(keras.callbacks.Callback):
-    """Adds ``val_tta_accuracy``: validation accuracy averaging image and horizontal flip."""
+class _TTAValidation(keras.callbacks.Callback):
+    """Adds ``val_tta_accuracy``: validation accuracy with test-time augmentation ``level``."""
 
-    def __init__(self, val_ds: tf.data.Dataset) -> None:
+    def __init__(self, val_ds: tf.data.Dataset, level: int) -> None:
         super().__init__()
-        self.val_ds = val_ds
+        self.val_ds, self.level = val_ds, level
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:
-            logs["val_tta_accuracy"] = data.flip_tta_accuracy(self.model, self.val_ds)
+            logs["val_tta_accuracy"] = data.tta_accuracy(self.model, self.val_ds, self.level)
 
 
 class _BestModelSaver(keras.callbacks.Callback):

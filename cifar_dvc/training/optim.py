@@ -53,6 +53,35 @@ class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):
         return {"steps": self.steps, "values": self.values}
 
 
+@keras.saving.register_keras_serializable(package="cifar_dvc")
+class NormBiasScaledSGD(keras.optimizers.SGD):
+    """SGD whose BatchNorm shifts (``beta``) learn ``norm_bias_lr_scale`` times faster than the rest.
+
+    airbench94 trains them 64x faster: they are the only parameters of a conv-BN net that are not
+    scale-invariant, so they need a step size of their own. For SGD with momentum, scaling a
+    variable's gradient is scaling its learning rate (momentum is linear in the gradient), while
+    the decoupled weight decay (``lr * weight_decay * w``) stays unscaled, as in airbench.
+    """
+
+    def __init__(self, norm_bias_lr_scale: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.norm_bias_lr_scale = float(norm_bias_lr_scale)
+
+    def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
+        variables = self._trainable_variables if trainable_variables is None else trainable_variables
+        grads = [g * self.norm_bias_lr_scale if g is not None and is_norm_bias(v) else g
+                 for g, v in zip(grads, variables, strict=True)]
+        return super().apply(grads, trainable_variables)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "norm_bias_lr_scale": self.norm_bias_lr_scale}
+
+
+def is_norm_bias(variable: Any) -> bool:
+    """True for a normalization layer's shift (Keras names it ``beta``)."""
+    return variable.path.rsplit("/", 1)[-1] == "beta"
+
+
 def build_schedule(params: ScheduleParams, learning_rate: float, steps_per_epoch: int,
                    epochs: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """The learning rate argument of the optimizer for ``epochs`` epochs of ``steps_per_epoch``."""
@@ -95,6 +124,9 @@ def build_optimizer(params: OptimizerParams,
     elif params.name == "adamw":
         opt = keras.optimizers.AdamW(beta_1=params.beta_1, beta_2=params.beta_2, epsilon=params.epsilon,
                                      **common)
+    elif params.name == "sgd" and params.norm_bias_lr_scale != 1:
+        opt = NormBiasScaledSGD(norm_bias_lr_scale=params.norm_bias_lr_scale, momentum=params.momentum,
+                                nesterov=params.nesterov, **common)
     elif params.name == "sgd":
         opt = keras.optimizers.SGD(momentum=params.momentum, nesterov=params.nesterov, **common)
     elif params.name == "rmsprop":

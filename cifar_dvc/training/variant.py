@@ -20,7 +20,7 @@ from typing import Any, Literal
 from cifar_dvc import config
 from cifar_dvc.errors import ParamsError
 
-# Metrics the fit loop logs every epoch (val_tta_accuracy only with `tta: true`).
+# Metrics the fit loop logs every epoch (val_tta_accuracy only with `tta` 1 or 2).
 Metric = Literal["val_accuracy", "val_loss", "val_tta_accuracy", "accuracy", "loss"]
 
 
@@ -42,12 +42,18 @@ class OptimizerParams:
     use_ema: bool = False  # keep an exponential moving average of the weights (weight averaging)
     ema_momentum: float = 0.99  # EMA decay per step
     ema_overwrite_frequency: int | None = None  # steps between EMA copies; null = at the end
+    norm_bias_lr_scale: float = 1.0  # sgd only: BatchNorm shifts learn this many times faster (airbench: 64)
 
     def validate(self) -> None:
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.ema_momentum < 1:
             raise ValueError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
+        if self.norm_bias_lr_scale <= 0:
+            raise ValueError(f"norm_bias_lr_scale must be > 0, got {self.norm_bias_lr_scale}")
+        if self.norm_bias_lr_scale != 1 and self.name != "sgd":
+            # Adam-style optimizers normalize the gradient: scaling it would change nothing.
+            raise ValueError(f"norm_bias_lr_scale needs name: sgd, got {self.name!r}")
 
 
 @dataclasses.dataclass
@@ -121,7 +127,7 @@ class VariantParams:
     checkpoint: Literal["best", "last"] = "best"  # save best epoch, or final (EMA) weights
     early_stopping: int | None = None  # stop after this many epochs without `monitor` improving; null = never
     steps_per_execution: int | None = None  # batches per compiled call; null = train.steps_per_execution
-    tta: bool = False  # average predictions with the h-flipped image (val, evaluate)
+    tta: int = 0  # test-time augmentation (val, evaluate): 0 none, 1 + mirror, 2 + mirrored 1-px shifts
 
     def validate(self) -> None:
         if not self.model:
@@ -130,8 +136,10 @@ class VariantParams:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.tta not in (0, 1, 2):
+            raise ValueError(f"tta must be 0, 1 or 2, got {self.tta}")
         if "val_tta_accuracy" in (self.monitor, self.schedule.monitor) and not self.tta:
-            raise ValueError("monitor val_tta_accuracy needs tta: true")
+            raise ValueError("monitor val_tta_accuracy needs tta: 1 or 2")
         if self.steps_per_execution is not None and self.steps_per_execution < 1:
             raise ValueError("steps_per_execution must be >= 1")
 
