@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # after the path and log-level setup
-from cifar_dvc import config  # noqa: E402
+from cifar_dvc import atomic, config  # noqa: E402
 from cifar_dvc.models.fast import build_fast  # noqa: E402
 from cifar_dvc.normalization import compute_stats  # noqa: E402
 from cifar_dvc.normalization import normalize as normalize_images  # noqa: E402
@@ -269,9 +269,7 @@ def write_results(args: argparse.Namespace, variant: VariantParams, rows: list[d
               f"{r['load']} |" for r in rows]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out)
+    atomic.write_text(out, "\n".join(lines) + "\n")
     print(f"# wrote {out}", flush=True)
 
 

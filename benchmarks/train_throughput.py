@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
-from cifar_dvc import artifacts, config
+from cifar_dvc import artifacts, atomic, config
 from cifar_dvc.normalization import STATS_FILE, load_stats
 from cifar_dvc.training.augment import build_augmenter
 from cifar_dvc.training.data import group_for, make_dataset
@@ -180,9 +180,7 @@ def main() -> None:
         if "\n## Reading" in old:
             text += "\n## Reading" + old.split("\n## Reading", 1)[1]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(args.out)
+    atomic.write_text(args.out, text)
     print(f"wrote {args.out}")
 
 

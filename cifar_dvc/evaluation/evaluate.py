@@ -99,7 +99,7 @@ def predict(model: Any, x: np.ndarray, stats: NormStats, batch_size: int, tta: i
     """
     import tensorflow as tf
 
-    from cifar_dvc.training.data import tta_views
+    from cifar_dvc.training.data import tta_views, tta_weights
 
     def pipeline(view: int) -> Any:
         data = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
@@ -109,7 +109,7 @@ def predict(model: Any, x: np.ndarray, stats: NormStats, batch_size: int, tta: i
 
         return data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    weights = [w for w, _ in tta_views(tf.zeros([1, 3, 3, 1]), tta)]  # also checks the level
+    weights = tta_weights(tta)
     probs = sum(w * model.predict(pipeline(i), verbose=0) for i, w in enumerate(weights))
     return np.asarray(probs, np.float32)
 

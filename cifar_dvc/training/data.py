@@ -82,6 +82,13 @@ def tta_accuracy(model: keras.Model, dataset: tf.data.Dataset, level: int = 1) -
     return correct / max(total, 1)
 
 
+def tta_weights(level: int) -> list[float]:
+    """The weight of each view of ``tta_views(images, level)``, in order; checks ``level``."""
+    if level not in (0, 1, 2):
+        raise ValueError(f"test-time augmentation level must be 0, 1 or 2, got {level}")
+    return {0: [1.0], 1: [1 / 2] * 2, 2: [1 / 4] * 2 + [1 / 8] * 4}[level]
+
+
 def tta_views(images: tf.Tensor, level: int) -> list[tuple[float, tf.Tensor]]:
     """``(weight, view)`` pairs whose weighted predictions average to the TTA prediction.
 
@@ -90,8 +97,7 @@ def tta_views(images: tf.Tensor, level: int) -> list[tuple[float, tf.Tensor]]:
     shifted one pixel down-right (reflect padding) with 1/8 each: the shifts match the 2-pixel
     translation seen in training. NHWC: axis 2 is the width.
     """
-    if level not in (0, 1, 2):
-        raise ValueError(f"test-time augmentation level must be 0, 1 or 2, got {level}")
+    weights = tta_weights(level)
     if level == 0:
         return [(1.0, images)]
     views = [images]
@@ -99,14 +105,13 @@ def tta_views(images: tf.Tensor, level: int) -> list[tuple[float, tf.Tensor]]:
         height, width = images.shape[1], images.shape[2]
         padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
         views += [padded[:, :height, :width, :], padded[:, 2:height + 2, 2:width + 2, :]]
-    weights = [1 / 2] if level == 1 else [1 / 4, 1 / 8, 1 / 8]
-    return [(w, v) for w, view in zip(weights, views, strict=True)
-            for v in (view, tf.reverse(view, axis=[2]))]
+    mirrored = [v for view in views for v in (view, tf.reverse(view, axis=[2]))]
+    return list(zip(weights, mirrored, strict=True))
 
 
 def tta_predict_fn(model: keras.Model, level: int) -> Any:
     """A traced ``images -> probabilities`` averaged over ``tta_views(images, level)``."""
-    tta_views(tf.zeros([1, 3, 3, 1]), level)  # check the level now, not at the first call
+    tta_weights(level)  # check the level now, not at the first call
 
     @tf.function(reduce_retracing=True)
     def predict(images: tf.Tensor) -> tf.Tensor:
