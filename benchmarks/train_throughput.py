@@ -11,12 +11,18 @@ twice in this one process, back to back so both see the same machine load:
   already normalized float32 tensors in memory (``Dataset.cache()``, no augmentation): no input
   pipeline can beat it, so ``ceiling / seeds' way`` is the most any input pipeline could gain.
 
+With ``--precisions float32 auto mixed_bfloat16`` it measures instead ``ours`` under each
+``train.precision``, back to back per variant, and prints the CPU model and its bf16/AMX flags
+(what ``auto`` decides by): the speed-up of mixed precision on this machine, variant by variant.
+
 Each measurement compiles and warms up first, then times up to ``--steps`` steps or
 ``--max-seconds`` seconds, whichever comes first. MobileNet variants run with ``weights: none``
 (same compute; no download). Run by hand on real CIFAR-10, e.g.
 
     nice -n 10 python benchmarks/train_throughput.py --data /tmp/real/data/prepared \
         --out benchmarks/results/train_throughput.md
+    python benchmarks/train_throughput.py --data /tmp/real/data/prepared \
+        --precisions float32 auto mixed_bfloat16 --out benchmarks/results/precision_throughput.md
 
 Reads params.yaml and the prepared data. Writes the markdown report given by ``--out``
 (atomically), keeping the hand-written ``## Reading`` section of an existing report.
@@ -36,13 +42,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
+import tensorflow as tf
+from reproduction import machine, write_keeping_reading
 
-from cifar_dvc import artifacts, atomic, config
-from cifar_dvc.normalization import STATS_FILE, load_stats
+from cifar_dvc import artifacts, config
+from cifar_dvc.normalization import STATS_FILE, NormStats, load_stats
+from cifar_dvc.training import precision
 from cifar_dvc.training.augment import build_augmenter
 from cifar_dvc.training.data import group_for, make_dataset
 from cifar_dvc.training.loop import build_compiled_model, set_determinism
-from cifar_dvc.training.variant import TrainParams, load_variant, variant_names
+from cifar_dvc.training.variant import TrainParams, VariantParams, load_variant, variant_names
 
 
 class _StepTimer(keras.callbacks.Callback):
@@ -88,15 +97,16 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=20.0, help="time budget per measurement")
     parser.add_argument("--ceiling", action="store_true",
                         help="also time the model on pre-normalized cached batches (no input work)")
+    parser.add_argument("--precisions", nargs="+", choices=precision.PRECISIONS,
+                        help="measure ours under each train.precision instead of against the seeds' way")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="--precisions: interleaved measurement rounds (the median is reported)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.precisions:
+        return precision_table(args)
 
-    params = config.read_params(args.params)
-    names = args.variants or variant_names(params)
-    meta = artifacts.load_meta(args.data)
-    stats = load_stats(args.data / STATS_FILE)
-    split = artifacts.load_split(args.data / "train.npz")
-    train = config.load_section(TrainParams, "train", params=params)
+    params, names, meta, stats, split, train = _inputs(args)
     load_before = os.getloadavg()
     started = dt.datetime.now(dt.timezone.utc)
     rows = []
@@ -122,12 +132,7 @@ def main() -> None:
         del x64, y64, seeds_model
 
         # Ours: exactly the training pipeline of train@<name>.
-        keras.backend.clear_session()
-        set_determinism(0)
-        model = build_compiled_model(variant, train, meta.image_shape, meta.num_classes, stats,
-                                     math.ceil(n / bs), variant.epochs)
-        ds = make_dataset(split.x[:n], split.y[:n], meta.num_classes, stats, bs, shuffle=True, seed=0,
-                          augmenter=build_augmenter(variant.augment, 0), group=group_for(bs))
+        model, ds = _ours(variant, train, meta, stats, split, n, "float32")
         model.fit(ds.take(spe), epochs=1, verbose=0, shuffle=False)  # trace one compiled call
         ours = _measure(model, {"x": ds, "shuffle": False}, bs, args.steps, args.max_seconds)
 
@@ -174,13 +179,91 @@ def main() -> None:
         top = ("- | -" if math.isnan(ceiling) else f"{ceiling:,.0f} | {ceiling / seeds:.2f}x")
         lines.append(f"| {name} | {model_name} | {bs} | {spe} | {'yes' if aug else 'no'} | {seeds:,.0f} | "
                      f"{ours:,.0f} | {ours / seeds:.2f}x | {top} |")
-    text = "\n".join(lines) + "\n"
-    if args.out.exists():  # keep the analysis written by hand under "## Reading"
-        old = args.out.read_text()
-        if "\n## Reading" in old:
-            text += "\n## Reading" + old.split("\n## Reading", 1)[1]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(args.out, text)
+    write_keeping_reading(args.out, "\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+def _inputs(args: argparse.Namespace) -> tuple:
+    """params, variant names, meta, normalization, training split and ``train:`` of the run."""
+    params = config.read_params(args.params)
+    names = args.variants or variant_names(params)
+    stats = load_stats(args.data / STATS_FILE)
+    train = config.load_section(TrainParams, "train", params=params)
+    return (params, names, artifacts.load_meta(args.data), stats,
+            artifacts.load_split(args.data / "train.npz"), train)
+
+
+def _ours(variant: VariantParams, train: TrainParams, meta: artifacts.Meta, stats: NormStats,
+          split: artifacts.Split, n: int, policy: str) -> tuple[keras.Model, tf.data.Dataset]:
+    """The compiled model and the dataset of ``train@<variant>`` on ``n`` images, under ``policy``."""
+    keras.backend.clear_session()
+    set_determinism(0)
+    bs = variant.batch_size
+    with precision.policy(policy):
+        model = build_compiled_model(variant, train, meta.image_shape, meta.num_classes, stats,
+                                     math.ceil(n / bs), variant.epochs)
+    ds = make_dataset(split.x[:n], split.y[:n], meta.num_classes, stats, bs, shuffle=True, seed=0,
+                      augmenter=build_augmenter(variant.augment, 0), group=group_for(bs))
+    return model, ds
+
+
+def precision_table(args: argparse.Namespace) -> None:
+    """Images/s of every variant's training under each of ``args.precisions``, back to back."""
+    params, names, meta, stats, split, train = _inputs(args)
+    flags = precision.cpu_flags()
+    policies = {name: precision.resolve(name) for name in args.precisions}
+    load_before, started = os.getloadavg(), dt.datetime.now(dt.timezone.utc)
+    rows = []
+    for name in names:
+        variant = load_variant(name, params, str(args.params))
+        if variant.model == "mobilenet":
+            variant.model_args["weights"] = "none"
+        bs, spe = variant.batch_size, variant.steps_per_execution or train.steps_per_execution
+        n = min(len(split), (args.steps + 2 * spe) * bs)
+        runs = {}
+        for setting in args.precisions:
+            model, ds = _ours(variant, train, meta, stats, split, n, policies[setting])
+            model.fit(ds.take(spe), epochs=1, verbose=0, shuffle=False)  # trace one compiled call
+            runs[setting] = (model, ds)
+        # Interleaved rounds, median per precision: a load change hits every precision alike.
+        samples: dict[str, list[float]] = {s: [] for s in args.precisions}
+        for _ in range(args.rounds):
+            for setting, (model, ds) in runs.items():
+                samples[setting].append(_measure(model, {"x": ds, "shuffle": False}, bs, args.steps,
+                                                 args.max_seconds))
+        speeds = [float(np.median(samples[s])) for s in args.precisions]
+        del runs
+        rows.append((name, bs, speeds))
+        cells = zip(args.precisions, speeds, strict=True)
+        print(f"{name:10s} " + "  ".join(f"{s}: {v:7.0f} img/s" for s, v in cells), flush=True)
+    cpu = machine()["cpu"]
+    base = args.precisions[0]
+    lines = [
+        "# Training throughput by train.precision",
+        "",
+        f"- Date: {started:%Y-%m-%d %H:%M} UTC; CPU: {cpu}, {os.cpu_count()} cores; TensorFlow "
+        f"{_tf_version()}, Keras {keras.__version__}.",
+        f"- CPU flags seen: {', '.join(sorted(f for f in flags if 'bf16' in f or 'amx' in f)) or 'none'}"
+        f" of bf16/AMX (avx512f: {'yes' if 'avx512f' in flags else 'no'}); `auto` resolved to "
+        f"`{policies.get('auto', precision.resolve('auto'))}`.",
+        f"- Load average before: {_load(load_before)}; after: {_load(os.getloadavg())} (ratios within a "
+        "row are measured back to back).",
+        f"- Command: `python benchmarks/train_throughput.py --data {args.data} --steps {args.steps} "
+        f"--max-seconds {args.max_seconds} --rounds {args.rounds} --precisions {' '.join(args.precisions)}"
+        + (f" --variants {' '.join(args.variants)}" if args.variants else "") + f" --out {args.out}`",
+        "- Each cell: the variant's own training pipeline (tf.data, augmentation, steps_per_execution), "
+        f"warm-up, then up to {args.steps} steps or {args.max_seconds:.0f} s; images/s, median of "
+        f"{args.rounds} rounds that alternate the precisions.",
+        "",
+        "| variant | batch | " + " | ".join(f"{s} ({policies[s]})" if s == "auto" else s
+                                         for s in args.precisions)
+        + " | " + " | ".join(f"{s} / {base}" for s in args.precisions[1:]) + " |",
+        "|---|---:|" + "---:|" * (2 * len(args.precisions) - 1),
+    ]
+    for name, bs, speeds in rows:
+        lines.append(f"| {name} | {bs} | " + " | ".join(f"{v:,.0f}" for v in speeds) + " | "
+                     + " | ".join(f"{v / speeds[0]:.2f}x" for v in speeds[1:]) + " |")
+    write_keeping_reading(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
 
@@ -189,8 +272,6 @@ def _load(values: tuple[float, float, float]) -> str:
 
 
 def _tf_version() -> str:
-    import tensorflow as tf
-
     return tf.__version__
 
 

@@ -16,10 +16,13 @@ pixels, the w of the rule); plus ``report.json`` (every photo's size and kernel 
 files with reasons, counts). Also a contact sheet PNG: for each photo its original thumbnail, the
 unfiltered and the filtered image.
 
-Bad input (a file that is not a readable image, a 0-byte file, a decompression bomb, a folder that
-is not a class name, a file outside any class folder) stops the stage with one line naming the
-file when ``custom.on_error`` is ``fail``; with ``skip`` it is left out and listed in the report. A
-missing or empty photo folder gives empty sets (n = 0) and a warning.
+Bad input (a file that is not a readable image of an allowed format, a 0-byte file, a file over
+``custom.max_bytes`` (refused unread), a decompression bomb, a folder that is not a class name, a
+file outside any class folder, a dangling symbolic link, a symbolic link to a folder (not
+followed), a FIFO or device) stops the stage with one line naming the file when ``custom.on_error``
+is ``fail``; with ``skip`` it is left out and listed in the report with the reason. Documentation
+files (``README.md``, ``.txt``, ``.rst``), hidden files, ``.dvc`` files and file-manager litter are
+ignored anywhere in the tree. A missing or empty photo folder gives empty sets (n = 0) and a warning.
 
 Run by ``python -m stages.custom`` (``dvc repro custom``).
 """
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +59,7 @@ from cifar_dvc.normalization import NormStats, normalize
 REPORT_FILE = "report.json"
 UNFILTERED = "unfiltered"
 FILTERED = "filtered"
-# Files at the top of the photo folder that are documentation, not photos.
+# Documentation files, anywhere in the photo folder: not photos.
 DOC_SUFFIXES = (".md", ".txt", ".rst")
 # Litter that file managers leave in folders; never photos.
 JUNK_NAMES = ("thumbs.db", "desktop.ini")
@@ -76,6 +81,7 @@ class CustomParams:
         default_factory=lambda: [150.0, 100.0, 75.0, 50.0, 25.0])
     on_error: Literal["fail", "skip"] = "fail"  # bad file or folder: fail | skip it, listed in report.json
     max_pixels: int = PILLOW_MAX_PIXELS  # refuse bigger photos (decompression bombs); Pillow default
+    max_bytes: int = 256 * 1024 * 1024  # refuse bigger files unread; a raw RGB image of max_pixels fits
     thumb_size: int = 96  # contact sheet: pixels per picture (the 32x32 images are enlarged to it)
     sheet_max: int = 300  # contact sheet: show at most this many photos (the sets always hold all)
 
@@ -91,6 +97,8 @@ class CustomParams:
             raise ValueError(f"sweep_divisors: expected distinct values, got {self.sweep_divisors}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels: expected a positive integer, got {self.max_pixels}")
+        if self.max_bytes < 1:
+            raise ValueError(f"max_bytes: expected a positive integer, got {self.max_bytes}")
         if self.thumb_size < 16:
             raise ValueError(f"thumb_size: expected at least 16, got {self.thumb_size}")
         if self.sheet_max < 0:
@@ -158,10 +166,11 @@ def find_photos(photo_dir: Path, classes: list[str], on_error: str = "fail"
                 ) -> tuple[list[tuple[Path, int]], list[Problem]]:
     """Photo files under ``photo_dir/<class>/`` (any depth) with their labels, sorted by class and path.
 
-    Hidden files, ``.dvc`` files, file-manager litter and documentation files (``README.md``) at the
-    top are ignored. A folder that is not a class name, or a file outside any class folder, raises
-    ``DataError`` (``on_error == "fail"``) or is returned as a ``Problem``. A missing folder gives
-    no photos.
+    Hidden files, ``.dvc`` files, file-manager litter and documentation files (``README.md``) are
+    ignored at every level. A folder that is not a class name, a file outside any class folder, a
+    dangling symbolic link, a symbolic link to a folder below a class folder (never followed: it
+    could leave the photo tree or loop) or anything that is not a regular file raises ``DataError``
+    (``on_error == "fail"``) or is returned as a ``Problem``. A missing folder gives no photos.
     """
     if not photo_dir.exists():
         return [], []
@@ -170,26 +179,64 @@ def find_photos(photo_dir: Path, classes: list[str], on_error: str = "fail"
     index = {name: i for i, name in enumerate(classes)}
     photos: list[tuple[Path, int]] = []
     problems: list[Problem] = []
-    for entry in sorted(photo_dir.iterdir()):
-        if _ignored(entry):
-            continue
-        if entry.is_dir() and entry.name in index:
-            files = sorted(p for p in entry.rglob("*") if p.is_file() and not _ignored_below(p, entry))
-            photos.extend((p, index[entry.name]) for p in files)
-            continue
-        if entry.is_dir():
-            reason = f"folder {entry.name!r} is not a class name{_suggest(entry.name, classes)}"
-            problem = Problem(f"{entry.name}/", reason)
-        elif entry.suffix.lower() in DOC_SUFFIXES:
-            continue
-        else:
-            problem = Problem(entry.name, "not inside a <class name>/ folder")
+
+    def refuse(entry: Path, reason: str, folder: bool = False) -> None:
+        slash = "/" if folder else ""  # folders end with "/", in the report and in the error line
+        rel = entry.relative_to(photo_dir).as_posix()
         if on_error == "fail":
-            shown = f"{photo_dir / entry.name}/" if entry.is_dir() else str(photo_dir / entry.name)
-            raise DataError(f"{shown}: {problem.reason}")
-        problems.append(problem)
+            raise DataError(f"{photo_dir / rel}{slash}: {reason}")
+        problems.append(Problem(rel + slash, reason))
+
+    for entry in _listdir(photo_dir):
+        if _ignored(entry) or _is_doc(entry):
+            continue
+        if entry.is_symlink() and not entry.exists():
+            refuse(entry, _dangling(entry))
+        elif entry.is_dir() and entry.name in index:  # a class folder (a symbolic link to one is fine)
+            for path in _walk(entry, refuse):
+                photos.append((path, index[entry.name]))
+        elif entry.is_dir():
+            refuse(entry, f"folder {entry.name!r} is not a class name{_suggest(entry.name, classes)}",
+                   folder=True)
+        else:
+            refuse(entry, "not inside a <class name>/ folder")
     photos.sort(key=lambda item: (item[1], item[0].relative_to(photo_dir).as_posix()))
     return photos, problems
+
+
+def _walk(folder: Path, refuse: Callable[..., None]) -> list[Path]:
+    """Regular files below class folder ``folder``; everything else goes to ``refuse(entry, reason)``."""
+    found: list[Path] = []
+    for entry in _listdir(folder):
+        if _ignored(entry) or _is_doc(entry):
+            continue
+        if entry.is_symlink():
+            if not entry.exists():
+                refuse(entry, _dangling(entry))
+            elif entry.is_dir():
+                refuse(entry, f"symbolic link to a folder ({os.readlink(entry)}), not followed", folder=True)
+            elif entry.is_file():
+                found.append(entry)  # a link to a photo is a photo
+            else:
+                refuse(entry, "symbolic link to something that is not a regular file")
+        elif entry.is_dir():
+            found.extend(_walk(entry, refuse))
+        elif entry.is_file():
+            found.append(entry)
+        else:
+            refuse(entry, "not a regular file (a FIFO, socket or device)")
+    return found
+
+
+def _listdir(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
+
+
+def _dangling(link: Path) -> str:
+    return f"dangling symbolic link (its target {os.readlink(link)} does not exist)"
 
 
 def _ignored(path: Path) -> bool:
@@ -197,8 +244,8 @@ def _ignored(path: Path) -> bool:
     return name.startswith(".") or name in JUNK_NAMES or name.endswith(JUNK_SUFFIXES)
 
 
-def _ignored_below(path: Path, top: Path) -> bool:
-    return any(_ignored(Path(part)) for part in path.relative_to(top).parts)
+def _is_doc(path: Path) -> bool:
+    return path.suffix.lower() in DOC_SUFFIXES and not path.is_dir()
 
 
 def _suggest(name: str, classes: list[str]) -> str:
@@ -261,7 +308,7 @@ def process_photo(path: Path, rel: str, label: int, size: int, channels: int, di
     Equivalent to ``images.to_model_input`` once per set, but decodes and squares the photo once and
     blurs once per distinct kernel size.
     """
-    original = open_image(path, params.background_rgb, params.max_pixels)
+    original = open_image(path, params.background_rgb, params.max_pixels, params.max_bytes)
     square = prepare_square(original, params.square, channels, params.background_rgb)
     unfiltered = as_array(resize(square, size, params.resample), channels)
     kernels = {name: blur_kernel_size(square.width, d) for name, d in divisors.items()}

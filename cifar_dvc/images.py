@@ -3,11 +3,14 @@
 Shared by the ``custom`` stage (``cifar_dvc.custom_set``) and the web demo, so a photo becomes
 exactly the same array in both places.
 
-1. ``open_image``: decode bytes or a file (JPEG, PNG, WebP, GIF's first frame, anything Pillow
-   reads) in any mode: grayscale ``L``, palette ``P``, ``RGBA``/``LA`` (composited on a background
-   colour), ``CMYK``, 16-bit ``I;16``; apply the EXIF orientation; return RGB. Images with more than
-   ``max_pixels`` pixels (Pillow's decompression-bomb limit by default) are refused *before* they are
-   decoded. Colour profiles (ICC) are not applied.
+1. ``open_image``: decode bytes or a file of an allowed format (``ALLOWED_FORMATS``: JPEG, PNG,
+   GIF's first frame, BMP, TIFF, WebP) in any mode: grayscale ``L``, palette ``P``, ``RGBA``/``LA``
+   (composited on a background colour), ``CMYK``, 16-bit ``I;16``; apply the EXIF orientation;
+   return RGB. Every other format is refused as "not a supported image" without being parsed: Pillow
+   hands EPS to the external Ghostscript program, and its rarer decoders are attack surface a photo
+   does not need. Files of more than ``max_bytes`` bytes are refused before they are read, images
+   with more than ``max_pixels`` pixels (Pillow's decompression-bomb limit by default) before they
+   are decoded. Colour profiles (ICC) are not applied.
 2. ``make_square``: ``crop`` the centre square or ``pad`` to a square with the background colour.
 3. ``gaussian_blur``: seed 004 blurred each original with an s x s Gaussian kernel,
    s = round(w / 75), w the original width, before resizing to 32x32 (``blur_kernel_size``).
@@ -38,6 +41,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -51,6 +56,10 @@ from cifar_dvc.errors import DataError
 # Pillow's default decompression-bomb limit (Image.MAX_IMAGE_PIXELS), spelled out so that a caller
 # changing Pillow's global does not silently change ours.
 PILLOW_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+
+# The formats a photo may have; Image.open tries no other plugin (EPS would run Ghostscript).
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+SUPPORTED = "JPEG, PNG, GIF, BMP, TIFF or WebP"
 
 Square = Literal["crop", "pad"]
 Resample = Literal["nearest", "box", "bilinear", "hamming", "bicubic", "lanczos"]
@@ -77,59 +86,107 @@ class ImageError(DataError):
 
 
 def open_image(source: bytes | Path, background: tuple[int, int, int] = WHITE,
-               max_pixels: int = PILLOW_MAX_PIXELS) -> Image.Image:
+               max_pixels: int = PILLOW_MAX_PIXELS, max_bytes: int | None = None,
+               pixels_key: str = "custom.max_pixels", bytes_key: str = "custom.max_bytes") -> Image.Image:
     """Decode ``source`` (file contents or a path) into an EXIF-oriented RGB image.
 
-    Transparent images are composited on ``background``. More than ``max_pixels`` pixels raises
-    ``ImageError`` before decoding (decompression-bomb protection), as does anything unreadable.
-    Pillow's own hard limit (twice its global ``Image.MAX_IMAGE_PIXELS``) still applies on top.
+    Transparent images are composited on ``background``. A file of another format than
+    ``ALLOWED_FORMATS``, more than ``max_bytes`` bytes (checked before reading) or more than
+    ``max_pixels`` pixels (before decoding; decompression-bomb protection) raises ``ImageError``, as
+    does anything unreadable; messages name the limit as ``pixels_key`` / ``bytes_key`` (the params
+    key or command-line option that set it). Pillow's own hard limit (twice its global
+    ``Image.MAX_IMAGE_PIXELS``) still applies on top.
     """
     name = str(source) if isinstance(source, Path) else "image"
     try:
-        return _decode(source, background, max_pixels)
+        data = read_limited(source, max_bytes, bytes_key) if isinstance(source, Path) else bytes(source)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ImageError(f"{len(data)} bytes exceeds the limit of {max_bytes} bytes ({bytes_key})")
+        return _decode(data, background, max_pixels, pixels_key)
     except ImageError as exc:
         raise ImageError(f"{name}: {exc.reason}", reason=exc.reason) from None
 
 
-def _decode(source: bytes | Path, background: tuple[int, int, int], max_pixels: int) -> Image.Image:
-    """``open_image`` without the file name in its error messages."""
-    if isinstance(source, Path):
-        try:
-            data = source.read_bytes()
-        except OSError as exc:
-            raise ImageError(f"cannot read file ({exc.strerror})") from None
-    else:
-        data = bytes(source)
+def read_limited(path: Path, max_bytes: int | None = None, bytes_key: str = "custom.max_bytes") -> bytes:
+    """The bytes of regular file ``path``; more than ``max_bytes`` raises ``ImageError`` unread.
+
+    The size is checked on the open file (``fstat``) and the read is bounded too, so neither a
+    huge (or sparse) file nor one that grows meanwhile is ever held in memory whole. FIFOs and
+    devices are refused (reading one could block forever or never end).
+    """
+    try:
+        with open(path, "rb", opener=_open_nonblocking) as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageError(f"not a regular file ({_file_kind(info.st_mode)})")
+            if max_bytes is not None and info.st_size > max_bytes:
+                raise ImageError(f"{info.st_size} bytes exceeds the limit of {max_bytes} bytes "
+                                 f"({bytes_key}); refused unread")
+            return handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise ImageError(f"cannot read file ({exc.strerror or exc})") from None
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; the fstat
+    # check refuses it right after. Regular files ignore the flag.
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
+
+
+def _decode(data: bytes, background: tuple[int, int, int], max_pixels: int,
+            pixels_key: str = "custom.max_pixels") -> Image.Image:
+    """``open_image`` of bytes, without the file name in its error messages."""
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
-        # Pillow warns (not raises) between its limit and twice it; make that an error too. The
-        # explicit size check below is the one that enforces ``max_pixels``, so even if another
-        # thread's catch_warnings races with this one (the filter list is global), no bomb is decoded.
+        # Pillow warns (not raises) between its limit and twice it; the explicit check below is the
+        # one that enforces ``max_pixels`` and names its key, so the warning is silenced (even if
+        # another thread's catch_warnings races with this one, the check still runs).
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as opened:
-                _check_pixels(opened.size, max_pixels)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as opened:
+                _check_pixels(opened.size, max_pixels, pixels_key)
                 opened.seek(0)  # the first frame of an animated GIF, WebP or PNG
                 opened.load()
                 oriented = ImageOps.exif_transpose(opened)  # always a new image, detached from the file
                 return to_rgb(oriented, background)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"too many pixels, refused as a possible decompression bomb ({exc})") from None
+    except Image.DecompressionBombError:
+        # Pillow's hard limit (twice Image.MAX_IMAGE_PIXELS), hit before our check could run.
+        hard = 2 * (Image.MAX_IMAGE_PIXELS or PILLOW_MAX_PIXELS)
+        raise ImageError(f"more than {hard} pixels exceeds the limit of {min(max_pixels, hard)} "
+                         f"({pixels_key}), refused as a possible decompression bomb") from None
     except UnidentifiedImageError:
-        raise ImageError("not an image file Pillow can read") from None
+        # "not an image file" first: the reason callers and tests have matched on since the start
+        raise ImageError(f"not an image file: not a supported image format (expected {SUPPORTED})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
 
 
-def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+def pixel_count(data: bytes) -> int:
+    """Width x height from the header of an allowed image (nothing decoded); 0 if not one."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
+                return img.width * img.height
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return 0
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int, pixels_key: str = "custom.max_pixels") -> None:
     width, height = size
     if width < 1 or height < 1:
         raise ImageError(f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
         raise ImageError(
             f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
-            "(custom.max_pixels), refused as a possible decompression bomb"
+            f"({pixels_key}), refused as a possible decompression bomb"
         )
 
 

@@ -5,7 +5,8 @@
 
 Reads the photo folder (``custom.dir``, passed by dvc.yaml as ``--photos``), ``meta.json`` and
 ``normalization.json`` of the prepared data, and the ``custom:`` params. Writes the sets and
-``report.json`` into ``--out`` (all or nothing) and the contact sheet PNG to ``--sheet``.
+``report.json`` into ``--out`` and the contact sheet PNG to ``--sheet``, all or nothing (a failure,
+e.g. a full disk, leaves neither); stale temporaries of killed runs are removed first.
 Logic: ``cifar_dvc.custom_set``.
 """
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sheet", type=Path, required=True, help="contact sheet PNG to write")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default params.yaml)")
     args = parser.parse_args(argv)
+    atomic.clean_stale(args.out, args.sheet)
 
     params = load_section(CustomParams, "custom", path=args.params)
     meta = artifacts.load_meta(args.prepared)
@@ -48,9 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - start
     for warning in sets.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    with atomic.atomic_dir(args.out) as tmp:
-        write_custom_sets(tmp, sets, stats)
-        save_contact_sheet(args.sheet, sets, params)
+    sheet_existed = args.sheet.exists()
+    try:
+        with atomic.atomic_dir(args.out) as tmp:
+            write_custom_sets(tmp, sets, stats)
+            save_contact_sheet(args.sheet, sets, params)
+    except BaseException:
+        if not sheet_existed:  # the sheet without its sets would be a partial output
+            args.sheet.unlink(missing_ok=True)
+        raise
     n = len(sets.photos)
     kernels = sorted({p.kernel_size[FILTERED] for p in sets.photos})
     per_photo = f", {1000 * seconds / n:.0f} ms per photo" if n else ""

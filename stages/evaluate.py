@@ -4,9 +4,10 @@
         --custom data/custom_sets --metrics metrics/cnn.json --out eval/cnn
 
 Reads the model and its sidecar, ``val.npz``/``test.npz`` of the prepared data, every set of the
-custom sets folder, the ``evaluate:`` params and ``variants.<name>.tta``. Writes
-``metrics/<name>.json`` (scalars, a DVC metrics file) and ``eval/<name>/`` (per-class details,
-predictions, confusion CSVs). Logic: ``cifar_dvc.evaluation.evaluate``.
+custom sets folder, the ``evaluate:`` params, ``variants.<name>.tta`` and ``seed`` (the corruption
+subset and noise). Writes ``metrics/<name>.json`` (scalars, a DVC metrics file) and ``eval/<name>/``
+(per-class details, predictions, confusion CSVs, the corruption table); the model file is only read,
+BatchNorm adaptation works on a copy in memory. Logic: ``cifar_dvc.evaluation.evaluate``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import time
 from pathlib import Path
 
 from cifar_dvc import config
+from cifar_dvc.datasets.params import read_seed
 from cifar_dvc.errors import stage_main
 from cifar_dvc.evaluation import evaluate
 from cifar_dvc.evaluation.params import EvaluateParams
+from cifar_dvc.tfenv import import_tensorflow
 from cifar_dvc.training.variant import load_variant
 
 
@@ -32,15 +35,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder of details and predictions")
     parser.add_argument("--params", type=Path, default=config.PARAMS_FILE, help="default params.yaml")
     args = parser.parse_args(argv)
+    import_tensorflow()  # before the model registry imports it: no CPU-only start-up noise
 
     raw = config.read_params(args.params)
     params = config.load_section(EvaluateParams, "evaluate", params=raw, path=args.params)
     tta = load_variant(args.variant, raw, str(args.params)).tta
+    seed = read_seed(raw, str(args.params))
     start = time.perf_counter()
     scores = evaluate.run(args.variant, args.model, args.prepared, args.custom, params, tta,
-                          args.metrics, args.out)
-    shown = ", ".join(f"{name} {_pct(s['accuracy'])} (n={s['n']})" for name, s in scores.items()
-                      if name != "custom_sweep")
+                          args.metrics, args.out, seed=seed)
+    shown = ", ".join(f"{name} {_pct(s['accuracy'])}" + (f" (n={s['n']})" if "n" in s else "")
+                      for name, s in scores.items() if name not in ("custom_sweep", "corruptions"))
+    if "corruptions" in scores:
+        mean = scores["corruptions"]
+        shown += f"; corruption mean {_pct(mean['accuracy'])}"
+        if "accuracy_adapted" in mean:
+            shown += f" ({_pct(mean['accuracy_adapted'])} adapted)"
     print(f"evaluate@{args.variant}: accuracy {shown}; tta={tta}; {time.perf_counter() - start:.1f} s "
           f"-> {args.metrics}, {args.out}")
 

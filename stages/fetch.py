@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cifar_dvc.atomic import atomic_dir
+from cifar_dvc.atomic import atomic_dir, clean_stale
 from cifar_dvc.config import load_section, read_params
 from cifar_dvc.datasets import download, sources, synthetic
 from cifar_dvc.datasets.params import DataParams, read_seed
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory (data/raw)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
+    clean_stale(args.out)  # what a killed run left
     params = read_params(args.params)
     data = load_section(DataParams, "data", params, path=args.params)
     if data.dataset == "synthetic":

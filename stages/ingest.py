@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cifar_dvc.atomic import atomic_dir
+from cifar_dvc.atomic import atomic_dir, clean_stale
 from cifar_dvc.config import load_section
 from cifar_dvc.datasets.ingest import ingest_raw, write_interim
 from cifar_dvc.datasets.params import DataParams
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory (data/interim)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
+    clean_stale(args.out)  # what a killed run left
     data = load_section(DataParams, "data", path=args.params)
     train, test, meta = ingest_raw(args.raw, data)
     with atomic_dir(args.out) as tmp:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cifar_dvc.atomic import atomic_dir
+from cifar_dvc.atomic import atomic_dir, clean_stale
 from cifar_dvc.config import load_section, read_params
 from cifar_dvc.datasets.params import DataParams, PrepareParams, read_seed
 from cifar_dvc.datasets.split import prepare_dir
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory (data/prepared)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
+    clean_stale(args.out)  # what a killed run left
     params = read_params(args.params)
     prep = load_section(PrepareParams, "prepare", params, path=args.params)
     # Of the data section only train_subset is used (dvc.yaml lists just that key).

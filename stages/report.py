@@ -19,6 +19,7 @@ from cifar_dvc import config
 from cifar_dvc.errors import stage_main
 from cifar_dvc.evaluation import report
 from cifar_dvc.evaluation.params import ReportParams
+from cifar_dvc.tfenv import import_tensorflow
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (table, plot data, figures)")
     parser.add_argument("--params", type=Path, default=config.PARAMS_FILE, help="default params.yaml")
     args = parser.parse_args(argv)
+    import_tensorflow()  # before the figures import it: no CPU-only start-up noise
 
     params = config.load_section(ReportParams, "report", path=args.params)
     paths = report.Paths(eval_dir=args.eval, dvclive_dir=args.dvclive, models_dir=args.models,

@@ -1,18 +1,19 @@
 """Stage ``train@<variant>``: train one model variant and save its best model.
 
     python -m stages.train --variant cnn --data data/prepared \
-        --model models/cnn.keras --live dvclive/cnn [--params params.yaml]
+        --model models/cnn.keras --live dvclive/cnn [--backup backups/cnn] [--params params.yaml]
 
 Reads ``seed``, ``train.*`` and ``variants.<variant>`` from the params file and the prepared
 data directory; writes ``models/<variant>.keras``, ``models/<variant>.json`` (sidecar) and the
-dvclive directory, each atomically. Bad params => one ``error:`` line and exit status 2, before
+dvclive directory, each atomically. With ``--backup``, every finished epoch is kept in that
+folder and a re-run after an interruption resumes from it (removed when the stage finishes).
+Bad params => one ``error:`` line and exit status 2, before
 any data is read or anything is written. Logic: ``cifar_dvc.training.loop``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 
 from cifar_dvc.errors import stage_main
 
@@ -23,18 +24,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", required=True, help="prepared data directory")
     parser.add_argument("--model", required=True, help="output .keras file")
     parser.add_argument("--live", required=True, help="output dvclive directory")
+    parser.add_argument("--backup", default=None,
+                        help="folder for the last finished epoch, resumed by a re-run (default: none)")
     parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from cifar_dvc import atomic, modelinfo
 
+    # Debris of a killed earlier run; never the backup, which is there to be resumed.
+    atomic.clean_stale(args.model, modelinfo.info_path(args.model), args.live)
+    from cifar_dvc.tfenv import import_tensorflow
+
+    import_tensorflow()  # before anything imports it (the model registry does): no start-up noise
     from cifar_dvc.training.variant import load_params
 
-    seed, train, variant = load_params(args.variant, args.params)  # fails fast, before TensorFlow loads
+    seed, train, variant = load_params(args.variant, args.params)  # fails before any data is read
     from cifar_dvc.training.loop import train_variant
 
-    result = train_variant(args.variant, variant, train, seed, args.data, args.model, args.live)
+    result = train_variant(args.variant, variant, train, seed, args.data, args.model, args.live,
+                           backup_dir=args.backup)
     s = result.summary
-    print(f"train@{args.variant}: {s['epochs_run']} epochs in {s['seconds']:.0f} s "
+    print(f"train@{args.variant}: {s['epochs_run']} epochs ({s['precision']}) in {s['seconds']:.0f} s "
           f"({s['images_per_second']:.0f} images/s), best epoch {s['best_epoch']} "
           f"{s['monitor']}={s['best_value']}, saved {args.model}")
 

@@ -106,7 +106,7 @@ def evaluated_workspace(tmp_path_factory, prepared_dir: Path) -> Path:
 
 FIGURES = {"curves.png", "examples.png", "incorrect_share.png", "confusion_cnn.png", "confusion_mlp.png",
            "misclassified_custom.png", "filters.png", "class_ideal.png", "activations.png", "weights.png",
-           "occlusion.png", "blur_sweep.png", "reliability.png"}
+           "occlusion.png", "blur_sweep.png", "reliability.png", "corruptions.png"}
 
 
 def report_paths(root: Path, out: Path | None = None, custom: Path | None = None):

@@ -5,6 +5,9 @@ Small widths keep these tests to a few seconds; the default width is only built,
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -147,3 +150,19 @@ def test_keras_file_round_trip_gives_identical_predictions(tmp_path: Path) -> No
     loaded = keras.models.load_model(path)
     assert loaded.count_params() == model.count_params()
     np.testing.assert_array_equal(np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False)))
+
+
+def test_fast_weights_depend_only_on_the_seed() -> None:
+    """Same seed, same weights, in any process; and no two same-shaped layers start alike."""
+    code = ("import keras, hashlib; from cifar_dvc import models; keras.utils.set_random_seed(3); "
+            "m = models.build('fast', (32, 32, 3), 10, width=8, stem='conv'); "
+            "print(hashlib.md5(b''.join(w.tobytes() for w in m.get_weights())).hexdigest())")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                              check=True).stdout.strip() for _ in range(2)}
+    assert len(digests) == 1, "two processes with the same seed built different weights"
+    keras.utils.set_random_seed(3)
+    model = models.build("fast", (32, 32, 3), 10, width=8, stem="conv", dirac=False)  # no identity init
+    kernels = [w.numpy() for w in model.weights if w.path.endswith("conv/kernel")]
+    same_shape = [(a, b) for i, a in enumerate(kernels) for b in kernels[i + 1:] if a.shape == b.shape]
+    assert same_shape and not any(np.array_equal(a, b) for a, b in same_shape)

@@ -109,8 +109,16 @@ def test_metrics_json_keys_and_values_agree_with_the_confusion_matrices(workspac
     for name in VARIANTS:
         scores = json.loads((workspace / "metrics" / f"{name}.json").read_text())
         results = json.loads((workspace / "eval" / name / "results.json").read_text())
-        assert set(scores) == {"validation", "test", "custom", "custom_filtered", "custom_sweep"}
+        assert set(scores) == {"validation", "test", "custom", "custom_filtered", "custom_sweep",
+                               "custom_adapted", "custom_filtered_adapted", "corruptions"}
         assert set(scores["custom_sweep"]) == {"50", "100"}
+        # the tiny models have no BatchNorm: adapted results are null, not missing
+        assert scores["custom_adapted"] == scores["custom_filtered_adapted"] == {"accuracy": None}
+        assert scores["corruptions"]["accuracy_adapted"] is None
+        rows = list(csv.DictReader((workspace / "eval" / name / "corruptions.csv").open()))
+        assert len(rows) == 1 + 5 * 3 and {r["n"] for r in rows} == {"100"}  # 500 asked, the test set has 100
+        assert scores["corruptions"]["accuracy"] == pytest.approx(
+            np.mean([float(r["accuracy"]) for r in rows if r["severity"] != "0"]), abs=1e-6)
         for set_name in ("validation", "test", "custom", "custom_filtered"):
             s = scores[set_name]
             assert {"n", "accuracy", "loss", "f1_macro", "ece", "top5_accuracy"} <= set(s)

@@ -42,6 +42,7 @@ def test_changing_one_variant_marks_only_its_train_stage(tmp_path: Path) -> None
     assert lock["train@imp2"]["params"]["params.yaml"]["variants.imp2"]["epochs"] == 240
     assert set(lock["train@imp2"]["params"]["params.yaml"]) == {
         "seed", "train.max_epochs", "train.steps_per_execution", "train.verbose", "train.jit_compile",
+        "train.precision",
         "variants.imp2"}
     assert _changed_train_stages(repo) == set()
 

@@ -27,13 +27,27 @@ def test_summary_and_table_hold_each_variants_accuracies(workspace: Path) -> Non
     summary = json.loads((workspace / "plots" / "summary.json").read_text())
     assert set(summary) == set(VARIANTS)
     table = (workspace / "plots" / "report" / "table.md").read_text()
+    columns = report.TABLE_SETS + report.ADAPTED_SETS  # evaluated with adapt_bn (the default)
     for name in VARIANTS:
         scores = json.loads((workspace / "metrics" / f"{name}.json").read_text())
-        assert summary[name] == {s: scores[s]["accuracy"] for s in report.TABLE_SETS}
+        means = {"corruptions": scores["corruptions"]["accuracy"], "corruptions_adapted": None}
+        assert summary[name] == {**{s: scores[s]["accuracy"] for s in columns}, **means}
         row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
         cells = [c.strip() for c in row.strip("|").split("|")][1:]
-        assert cells == [f"{100 * scores[s]['accuracy']:.1f}" for s in report.TABLE_SETS]
+        assert cells == [f"{100 * scores[s]['accuracy']:.1f}" for s in report.TABLE_SETS] + ["n/a", "n/a"]
+        means = next(line for line in table.splitlines()[table.splitlines().index(row) + 1:]
+                     if line.startswith(f"| {name} |"))  # the corruption table's row
+        assert [c.strip() for c in means.strip("|").split("|")][2:] == [
+            f"{100 * scores['corruptions']['accuracy']:.1f}", "n/a", "n/a"]
     assert "Validation (n=20)" in table and "Test (n=100)" in table and "Custom (n=12)" in table
+    assert "Custom, BN adapted (n=12)" in table and "100 test images (seed 0, no TTA)" in table
+
+
+def test_corruptions_csv_repeats_each_variants_table(workspace: Path) -> None:
+    rows = list(csv.DictReader((workspace / "plots" / "report" / "corruptions.csv").open()))
+    for name in VARIANTS:
+        own = list(csv.DictReader((workspace / "eval" / name / "corruptions.csv").open()))
+        assert [{k: v for k, v in r.items() if k != "variant"} for r in rows if r["variant"] == name] == own
 
 
 def test_curves_csv_repeats_the_dvclive_logs(workspace: Path) -> None:

@@ -2,9 +2,9 @@
 
 IDX is a tiny binary format: a 4-byte magic (0x0803 = unsigned bytes, 3 dimensions for images;
 0x0801 for labels), the dimensions as big-endian uint32, then the raw bytes. Nothing is executed,
-so the risks are size and corruption: each file is decompressed in memory with a cap (a gzip
-bomb stops there), and magic, dimensions, length, label range and counts are checked, each
-failure one DataError line naming the file.
+so the risks are size and corruption: each file is size-checked before it is read and
+decompressed in memory with a cap (a gzip bomb stops there), and magic, dimensions, length,
+label range and counts are checked, each failure one DataError line naming the file.
 
 Reads the 4 ``.gz`` files in the directory it is given. Writes nothing.
 Used by ``cifar_dvc.datasets.ingest`` (``stages/ingest.py``).
@@ -13,6 +13,8 @@ Used by ``cifar_dvc.datasets.ingest`` (``stages/ingest.py``).
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 import zlib
 from pathlib import Path
 
@@ -31,11 +33,28 @@ MAX_BYTES = 64 * 1024 * 1024  # the largest file, train images, is 47,040,016 by
 
 
 def gunzip(path: Path, limit: int = MAX_BYTES) -> bytes:
-    """The decompressed content of gzip file ``path``, refusing more than ``limit`` bytes."""
+    """The decompressed content of gzip file ``path``, refusing more than ``limit`` bytes.
+
+    The compressed file is refused by its size before it is read if it is larger than ``limit``
+    (plus gzip's few bytes of framing: even incompressible data grows by 0.02%), so neither the
+    compressed nor the inflated bytes ever exceed about ``limit`` in memory.
+    """
+    max_compressed = limit + limit // 1000 + 1024
     try:
-        compressed = path.read_bytes()
+        with open(path, "rb", opener=_open_nonblocking) as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise DataError(f"{path}: not a regular file; expected a gzip IDX file")
+            if info.st_size > max_compressed:
+                raise DataError(f"{path}: {info.st_size} bytes, more than the {max_compressed} bytes an "
+                                "MNIST .gz file may have; not an MNIST file")
+            compressed = handle.read(max_compressed + 1)
     except FileNotFoundError:
         raise DataError(f"{path}: not found; run `dvc repro fetch` first") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a folder, not a regular file; expected a gzip IDX file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip header and trailer
     try:
         data = inflater.decompress(compressed, limit + 1)
@@ -46,6 +65,11 @@ def gunzip(path: Path, limit: int = MAX_BYTES) -> bytes:
     if not inflater.eof:
         raise DataError(f"{path}: truncated gzip file")
     return data
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    # A FIFO would block the open until a writer appears; the fstat check refuses it right after.
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def parse_idx(data: bytes, ndim: int, where: str) -> np.ndarray:

@@ -12,6 +12,7 @@ import re
 from typing import Any, Literal
 
 from cifar_dvc.config import PARAMS_FILE
+from cifar_dvc.datasets.archive import MAX_KEPT_BYTES, MAX_MEMBER_BYTES
 from cifar_dvc.errors import ParamsError
 
 DatasetName = Literal["cifar10", "cifar100", "mnist", "synthetic"]
@@ -41,6 +42,36 @@ class SyntheticParams:
             raise ValueError(f"max_scale must be >= 1 with 5 * max_scale <= image_size, got {self.max_scale}")
         if self.noise < 0:
             raise ValueError(f"noise must be >= 0, got {self.noise}")
+        self.check_size()
+
+    def archive_bytes(self) -> tuple[int, int]:
+        """Estimated bytes of the archive's pickles: all of them, and the largest member.
+
+        Each image is its pixels plus about 40 bytes of label and file name in the pickles;
+        the training images are split into 5 batches, the test images are one.
+        """
+        per_image = 3 * self.image_size**2 + 40
+        train = self.num_classes * self.train_per_class * per_image
+        test = self.num_classes * self.test_per_class * per_image
+        return train + test, max(-(-train // 5), test)
+
+    def generation_bytes(self) -> int:
+        """Estimated peak memory of generating the larger split: float32 canvas, float64 noise,
+        float32 and uint8 copies, about 17 bytes per pixel value."""
+        values = 3 * self.image_size**2 * self.num_classes * max(self.train_per_class, self.test_per_class)
+        return 17 * values
+
+    def check_size(self) -> None:
+        """Refuse sizes that ``ingest`` could not read (its archive caps), before anything is generated."""
+        total, largest = self.archive_bytes()
+        if total > MAX_KEPT_BYTES or largest > MAX_MEMBER_BYTES:
+            n = self.num_classes * (self.train_per_class + self.test_per_class)
+            raise ValueError(
+                f"train_per_class {self.train_per_class} and test_per_class {self.test_per_class} make "
+                f"{n} images of {self.image_size}x{self.image_size}x3: an archive of about "
+                f"{_size(total)} (ingest reads at most {_size(MAX_KEPT_BYTES)}, {_size(MAX_MEMBER_BYTES)} "
+                f"per batch) and about {_size(self.generation_bytes())} of memory to generate; "
+                "lower train_per_class or test_per_class")
 
 
 @dataclasses.dataclass
@@ -76,6 +107,16 @@ class PrepareParams:
         if not isinstance(self.validation, str) and not 0.0 < self.validation < 1.0:
             raise ValueError(f"validation must be a fraction strictly between 0 and 1 or \"test\", "
                              f"got {self.validation}")
+
+
+def _size(n: int) -> str:
+    """``n`` bytes for people: 512.0 MiB, 74.5 GiB, 2.3 TiB."""
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PiB"
 
 
 def read_seed(params: dict[str, Any], file: str = str(PARAMS_FILE)) -> int:

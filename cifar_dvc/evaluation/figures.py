@@ -18,6 +18,8 @@ words instead of being left out, so the report always has the same files.
 - ``occlusion_maps``: drop of the true-class probability under a sliding grey patch (004's future work)
 - ``blur_sweep``: custom-set accuracy against blur strength (beyond the seeds)
 - ``reliability_diagram``: accuracy against confidence, with the ECE (beyond the seeds)
+- ``corruption_curves``: accuracy against corruption severity, with and without BatchNorm
+  adaptation (issue 18)
 
 Reads nothing, writes only the PNG paths it is given. Called by ``python -m stages.report``.
 """
@@ -481,3 +483,55 @@ def reliability_diagram(predictions: dict[str, tuple[np.ndarray, np.ndarray]], p
     ax.set_title(f"{title}, {bins} bins")
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def corruption_curves(rows: dict[str, list[dict[str, Any]]], path: Path | str,
+                      title: str = "Accuracy under corruptions") -> Path:
+    """One panel per corruption and one for their mean: accuracy against severity 0..3, a colour
+    per variant, solid without and dashed with BatchNorm adaptation (severity 0: the clean subset).
+
+    ``rows``: ``{variant: [{corruption, severity, accuracy, accuracy_adapted}, ...]}`` as in
+    ``eval/<variant>/corruptions.csv`` (corruption ``none`` at severity 0 is the clean subset).
+    """
+    rows = {variant: table for variant, table in rows.items() if table}
+    if not rows:
+        return note(path, title, "no corruption results: evaluate.corruptions is empty")
+    names = list(dict.fromkeys(r["corruption"] for table in rows.values() for r in table
+                               if r["severity"] > 0))
+    panels = [*names, "mean"]
+    columns = min(3, len(panels))
+    fig = _figure(4.2 * columns, 3.4 * math.ceil(len(panels) / columns) + 0.6, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(math.ceil(len(panels) / columns), columns)).ravel()
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    for color, (variant, table) in zip(_colors(len(rows)), rows.items(), strict=True):
+        clean = next((r for r in table if r["severity"] == 0), None)
+        for ax, panel in zip(axes, panels, strict=False):
+            lines = (("accuracy", "-", variant), ("accuracy_adapted", "--", f"{variant} adapted"))
+            for key, style, label in lines:
+                points = _severity_points(table, panel, key)
+                if clean is not None and clean[key] is not None and points:
+                    points = {0: clean[key], **points}
+                if points:
+                    severities = sorted(points)
+                    ax.plot(severities, [points[s] for s in severities], style, marker="o", color=color,
+                            label=label)
+    for ax, panel in zip(axes, panels, strict=False):
+        ax.set_title(panel.replace("_", " ") if panel != "mean" else "mean over the corruptions", fontsize=9)
+        ax.set_xlabel("severity (0 = clean)")
+        ax.set_ylabel("accuracy")
+        ax.set_xticks(range(0, 4))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    n = next(r["n"] for table in rows.values() for r in table)
+    fig.suptitle(f"{title}: {n} test images, no TTA (dashed: BatchNorm statistics adapted to each set)")
+    return _save(fig, path)
+
+
+def _severity_points(table: list[dict[str, Any]], panel: str, key: str) -> dict[int, float]:
+    """``{severity: value of key}`` of one corruption, or its mean over the corruptions (``mean``)."""
+    by_severity: dict[int, list[float | None]] = {}
+    for row in table:
+        if row["severity"] > 0 and (panel == "mean" or row["corruption"] == panel):
+            by_severity.setdefault(int(row["severity"]), []).append(row[key])
+    return {s: float(np.mean(v)) for s, v in by_severity.items() if v and all(x is not None for x in v)}

@@ -10,22 +10,36 @@ Reads and writes nothing. Used by ``stages/evaluate.py`` and ``stages/report.py`
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Literal
 
 SetName = Literal["validation", "test", "custom", "custom_filtered"]
+# The corruptions of cifar_dvc.evaluation.corruptions (a Literal, so a typo fails with the key's name).
+Corruption = Literal["gaussian_noise", "defocus_blur", "jpeg_compression", "contrast", "brightness"]
+CORRUPTIONS: tuple[Corruption, ...] = typing.get_args(Corruption)
 
 
 @dataclasses.dataclass
 class EvaluateParams:
     """``evaluate:``: shared by every ``evaluate@<variant>`` stage."""
 
-    batch_size: int = 256  # images per compiled predict call
+    batch_size: int = 256  # images per compiled predict call (and per chunk of the BatchNorm adaptation pass)
     top_k: int = 5  # top-k accuracy is reported when the data set has more than k classes
     ece_bins: int = 15  # equal-width confidence bins of the expected calibration error
+    adapt_bn: bool = True  # evaluate each custom set again, BatchNorm statistics re-estimated on its images
+    adapt_prior: float = 0.0  # images' worth of training statistics mixed in (Schneider et al.'s N); 0 = none
+    corruptions: list[Corruption] = dataclasses.field(default_factory=lambda: list(CORRUPTIONS))  # [] = off
+    corruption_images: int = 500  # test images per corruption and severity: one seeded subset (`seed`)
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.top_k < 1 or self.ece_bins < 1:
             raise ValueError("batch_size, top_k and ece_bins must be >= 1")
+        if self.adapt_prior < 0:
+            raise ValueError("adapt_prior must be >= 0 (images' worth of training statistics)")
+        if len(set(self.corruptions)) != len(self.corruptions):
+            raise ValueError("corruptions: each corruption at most once")
+        if self.corruption_images < 1:
+            raise ValueError("corruption_images must be >= 1 (an empty corruptions list turns the suite off)")
 
 
 @dataclasses.dataclass

@@ -9,8 +9,13 @@ Reads ``eval/<variant>/`` (``results.json``, ``predictions/*.npz``), ``dvclive/<
 training logs), ``models/<focus>.keras`` and its sidecar, ``data/prepared/test.npz`` and the custom
 sets (``unfiltered.npz``, ``filtered.npz``). Writes:
 
-- ``metrics/summary.json``: ``{variant: {validation, test, custom, custom_filtered}}`` accuracies;
-- ``plots/report/table.md``: the same as a markdown table (percent, with n);
+- ``metrics/summary.json``: ``{variant: {validation, test, custom, custom_filtered}}`` accuracies,
+  with BatchNorm adaptation also ``custom_adapted`` and ``custom_filtered_adapted`` (null for a
+  variant without BatchNorm), with the corruption suite ``corruptions`` (and ``corruptions_adapted``),
+  the mean accuracy over corruptions and severities;
+- ``plots/report/table.md``: the same as markdown tables (percent, with n): Table 2 with the
+  adapted columns, then the corruption means;
+- ``plots/report/corruptions.csv``: ``variant`` + ``eval/<variant>/corruptions.csv``'s columns;
 - ``plots/report/curves.csv``: ``variant, split, step, accuracy, loss`` (DVC plot of the curves);
 - ``plots/report/blur.csv``: ``variant, divisor, accuracy, n`` (DVC plot of the blur sweep);
 - ``plots/report/figures/*.png``: the figures of ``cifar_dvc.evaluation.figures``.
@@ -32,12 +37,14 @@ import numpy as np
 from cifar_dvc import artifacts, atomic, modelinfo
 from cifar_dvc.errors import DataError, ParamsError
 from cifar_dvc.evaluation import figures
-from cifar_dvc.evaluation.evaluate import CUSTOM_SETS, load_model
+from cifar_dvc.evaluation.evaluate import CORRUPTION_COLUMNS, CUSTOM_SETS, load_model
 from cifar_dvc.evaluation.params import ReportParams
 
 TABLE_SETS = ("validation", "test", "custom", "custom_filtered")  # seed 004 Table 2's columns (+ validation)
+ADAPTED_SETS = ("custom_adapted", "custom_filtered_adapted")  # extra columns with BatchNorm adaptation
 SET_TITLES = {"validation": "Validation", "test": "Test", "custom": "Custom",
-              "custom_filtered": "Custom (filtered)"}
+              "custom_filtered": "Custom (filtered)", "custom_adapted": "Custom, BN adapted",
+              "custom_filtered_adapted": "Custom (filtered), BN adapted"}
 DVCLIVE_SPLITS = {"train": "train", "validation": "eval"}  # our split name -> dvclive's folder
 CURVE_METRICS = ("accuracy", "loss")
 
@@ -92,22 +99,78 @@ def load_predictions(eval_dir: Path, variant: str, name: str) -> dict[str, np.nd
         raise DataError(f"{path}: cannot read the predictions of evaluate@{variant} ({exc})") from None
 
 
+def table_sets(results: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """``TABLE_SETS``, plus ``ADAPTED_SETS`` when some variant was evaluated with ``adapt_bn``."""
+    adapted = any(res.get("adaptation") is not None for res in results.values())
+    return TABLE_SETS + ADAPTED_SETS if adapted else TABLE_SETS
+
+
+def corruption_means(res: dict[str, Any]) -> dict[str, float | None]:
+    """``{corruptions, corruptions_adapted}`` mean accuracies of one variant ({} without the suite)."""
+    suite = res.get("corruptions")
+    if suite is None:
+        return {}
+    out = {"corruptions": suite["accuracy"]}
+    if res.get("adaptation") is not None:
+        out["corruptions_adapted"] = suite["accuracy_adapted"]
+    return out
+
+
 def summary_table(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """``{variant: {set: accuracy}}`` over ``TABLE_SETS`` (null for an empty set)."""
-    return {variant: {name: res["sets"].get(name, {}).get("accuracy") for name in TABLE_SETS}
+    """``{variant: {set: accuracy}}`` over ``table_sets`` (null for an empty set or, adapted, a
+    variant without BatchNorm), plus the corruption means when measured."""
+    names = table_sets(results)
+    return {variant: {**{name: (res["sets"].get(name) or {}).get("accuracy") for name in names},
+                      **corruption_means(res)}
             for variant, res in results.items()}
 
 
 def markdown_table(results: dict[str, dict[str, Any]]) -> str:
-    """Seed 004's Table 2 for every variant: accuracy in percent per set, n in the header."""
+    """Seed 004's Table 2 for every variant: accuracy in percent per set, n in the header; the
+    adapted custom sets as extra columns; then the corruption means, when measured."""
+    names = table_sets(results)
     first = next(iter(results.values()))
-    header = ["Variant"] + [f"{SET_TITLES[name]} (n={first['sets'].get(name, {}).get('n', 0)})"
-                            for name in TABLE_SETS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * len(TABLE_SETS)]
-    for variant, row in summary_table(results).items():
-        cells = ["n/a" if row[name] is None else f"{100 * row[name]:.1f}" for name in TABLE_SETS]
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    return "Accuracy (%) of every variant (seed 004, Table 2).\n\n" + "\n".join(lines) + "\n"
+    # an adapted set holds the same images as its set: its n is that set's, also without BatchNorm
+    sizes = {name: first["sets"].get(name.removesuffix("_adapted"), {}).get("n", 0) for name in names}
+    header = ["Variant"] + [f"{SET_TITLES[name]} (n={sizes[name]})" for name in names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * len(names)]
+    summary = summary_table(results)
+    for variant, row in summary.items():
+        lines.append(f"| {variant} | " + " | ".join(_pct(row[name]) for name in names) + " |")
+    text = "Accuracy (%) of every variant (seed 004, Table 2)"
+    if names != TABLE_SETS:
+        text += ("; \"BN adapted\": BatchNorm statistics re-estimated on the set's own images "
+                 "(n/a: the variant has no BatchNorm)")
+    text += ".\n\n" + "\n".join(lines) + "\n"
+    suites = {variant: res["corruptions"] for variant, res in results.items() if res.get("corruptions")}
+    if suites:
+        rows = ["| Variant | Clean subset | Corrupted (mean) | Clean, BN adapted | Corrupted, BN adapted |",
+                "|---|---:|---:|---:|---:|"]
+        for variant, suite in suites.items():
+            clean = next(r for r in suite["rows"] if r["severity"] == 0)
+            rows.append(f"| {variant} | {_pct(clean['accuracy'])} | {_pct(suite['accuracy'])} | "
+                        f"{_pct(clean['accuracy_adapted'])} | {_pct(suite['accuracy_adapted'])} |")
+        some = next(iter(suites.values()))
+        corrupted = sorted({r["corruption"] for r in some["rows"] if r["severity"] > 0})
+        text += (f"\nAccuracy (%) under corruptions: {some['images']} test images (seed {some['seed']}, "
+                 f"no TTA), mean over {', '.join(corrupted)} at severities 1-3.\n\n"
+                 + "\n".join(rows) + "\n")
+    return text
+
+
+def corruptions_csv(results: dict[str, dict[str, Any]]) -> str:
+    """``variant`` + the corruption table of every variant that has one (empty cells for nulls)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["variant", *CORRUPTION_COLUMNS])
+    for variant, res in results.items():
+        for row in (res.get("corruptions") or {}).get("rows", []):
+            writer.writerow([variant, *("" if row[k] is None else row[k] for k in CORRUPTION_COLUMNS)])
+    return buffer.getvalue()
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 def read_tsv(path: Path) -> dict[str, np.ndarray]:
@@ -203,6 +266,7 @@ def build(paths: Paths, params: ReportParams) -> dict[str, Any]:
         atomic.write_text(out / "table.md", markdown_table(results))
         atomic.write_text(out / "curves.csv", curves_csv(curves))
         atomic.write_text(out / "blur.csv", blur_csv(results))
+        atomic.write_text(out / "corruptions.csv", corruptions_csv(results))
         draw_figures(out / "figures", paths, params, results, curves, focus)
     atomic.write_json(paths.summary, summary)
     return {"variants": variants, "focus": focus, "summary": summary}
@@ -221,6 +285,8 @@ def draw_figures(fig_dir: Path, paths: Paths, params: ReportParams, results: dic
         figures.reliability_diagram(
             {variant: _probs_and_labels(paths.eval_dir, variant, "test") for variant in results},
             fig_dir / "reliability.png", bins=params.reliability_bins),
+        figures.corruption_curves({variant: (res.get("corruptions") or {}).get("rows", [])
+                                   for variant, res in results.items()}, fig_dir / "corruptions.png"),
     ]
     for variant, res in results.items():
         matrices = {name: np.asarray(res["sets"][name]["confusion_matrix"]) for name in params.confusion_sets}

@@ -43,13 +43,23 @@ BN_MOMENTUM = 0.6
 BN_EPSILON = 1e-5
 WHITEN_LAYER = "whiten"
 WHITEN_KERNEL = 2  # airbench: 2x2 patches; 3x3 whitening was no better and costs more
-# PyTorch's default conv init, U(+-1/sqrt(fan_in)): airbench's learning rate and weight decay were
-# tuned with it (Keras' he_uniform is 2.4x larger, which slows the effective learning rate).
-TORCH_CONV_INIT = keras.initializers.VarianceScaling(1 / 3, mode="fan_in", distribution="uniform")
+
+
+def torch_conv_init() -> keras.initializers.Initializer:
+    """PyTorch's default conv init, U(+-1/sqrt(fan_in)), a new instance per layer.
+
+    airbench's learning rate and weight decay were tuned with it (Keras' he_uniform is 2.4x
+    larger, which slows the effective learning rate). Made when the model is built, not at
+    import: an unseeded Keras initializer draws its seed from Python's ``random`` when it is
+    created, so one made at import would differ between processes whatever
+    ``keras.utils.set_random_seed`` says, and one shared by all layers would give same-shaped
+    layers the same weights.
+    """
+    return keras.initializers.VarianceScaling(1 / 3, mode="fan_in", distribution="uniform")
 
 
 def _conv_bn_gelu(x: keras.KerasTensor, filters: int, name: str, pool: bool) -> keras.KerasTensor:
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=TORCH_CONV_INIT,
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=torch_conv_init(),
                       name=f"{name}_conv")(x)
     if pool:
         x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
@@ -82,7 +92,7 @@ def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int =
         filters = 2 * WHITEN_KERNEL * WHITEN_KERNEL * input_shape[-1]
         # Frozen: its weights come from the data (init_whitening), not from gradients.
         x = layers.Conv2D(filters, WHITEN_KERNEL, padding="valid", use_bias=False, trainable=False,
-                          kernel_initializer=TORCH_CONV_INIT, name=WHITEN_LAYER)(inputs)
+                          kernel_initializer=torch_conv_init(), name=WHITEN_LAYER)(inputs)
         x = layers.Activation("gelu", name="whiten_gelu")(x)
     else:
         x = _conv_bn_gelu(inputs, stem_width, "stem", pool=False)

@@ -12,18 +12,22 @@ data set ever exists and a saved model needs no special preprocessing.
 ``weights``: ``imagenet`` (Keras downloads and caches the file in ``~/.keras/models``), a local
 ``.h5`` / ``.weights.h5`` path (e.g. ``mobilenet_2_5_224_tf_no_top.h5``: conv weights do not
 depend on the input size), or ``none`` (random initialization: tests and the offline demo).
+Offline without the cached file, the download failure is one ``FetchError`` line saying where to
+put the file (``imagenet_weights_file``) or which ``model_args.weights`` to set.
 
 Reads the weights file named by ``weights``. Writes nothing (Keras caches ``imagenet`` downloads).
 """
 
 from __future__ import annotations
 
+import os
+import urllib.error
 from pathlib import Path
 
 import keras
 from keras import layers
 
-from cifar_dvc.errors import ParamsError
+from cifar_dvc.errors import FetchError, ParamsError
 from cifar_dvc.models.layers import PerChannelAffine
 from cifar_dvc.normalization import NormStats
 
@@ -41,8 +45,19 @@ def build_mobilenet(input_shape: tuple[int, int, int], num_classes: int, normali
     if not 0 <= trainable_blocks <= len(_BLOCK_PREFIXES):
         raise ParamsError(f"mobilenet: trainable_blocks must be in 0..13, got {trainable_blocks}")
     weights_arg = _resolve_weights(weights)
-    base = keras.applications.MobileNet(input_shape=(size, size, 3), alpha=alpha, include_top=False,
-                                        weights=weights_arg, pooling="avg")
+    try:
+        base = keras.applications.MobileNet(input_shape=(size, size, 3), alpha=alpha, include_top=False,
+                                            weights=weights_arg, pooling="avg")
+    except Exception as exc:
+        # Keras' get_file turns URLError/HTTPError into a bare Exception("URL fetch failure on ...").
+        download_failed = isinstance(exc, (OSError, urllib.error.URLError)) or "URL fetch failure" in str(exc)
+        if weights_arg != "imagenet" or not download_failed:
+            raise
+        name = imagenet_weights_file(alpha, size)
+        raise FetchError(
+            f"mobilenet: cannot download the ImageNet weights {name} ({' '.join(str(exc).split())}); "
+            f"offline, put {name} into {keras_cache_dir()}/, or set the variant's model_args.weights "
+            "to the path of a local .h5 file (none: random weights)") from None
     _freeze(base, trainable_blocks)
 
     inputs = keras.Input(shape=input_shape, name="image")
@@ -58,6 +73,19 @@ def build_mobilenet(input_shape: tuple[int, int, int], num_classes: int, normali
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="mobilenet")
+
+
+def imagenet_weights_file(alpha: float, size: int) -> str:
+    """The file name Keras downloads for ``weights="imagenet"``, e.g. ``mobilenet_1_0_128_tf_no_top.h5``."""
+    alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}.get(alpha, str(alpha))
+    rows = size if size in (128, 160, 192, 224) else 224  # Keras falls back to 224 for other sizes
+    return f"mobilenet_{alpha_text}_{rows}_tf_no_top.h5"
+
+
+def keras_cache_dir() -> str:
+    """Where Keras caches downloaded weights: ``$KERAS_HOME/models``, else ``~/.keras/models``."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, "models")
 
 
 def _resolve_weights(weights: str) -> str | None:

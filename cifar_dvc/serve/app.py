@@ -29,6 +29,7 @@ import base64
 import dataclasses
 import io
 import ipaddress
+import json
 import logging
 import sys
 import threading
@@ -167,9 +168,7 @@ def _request_image(fetcher: UrlFetcher, fetch_slots: threading.BoundedSemaphore)
             raise RequestError("multipart request without a file field named 'image'")
         return upload.read(), False
     if request.is_json:
-        payload = request.get_json(silent=True)
-        if payload is None:
-            raise RequestError("the request body is not valid JSON")
+        payload = _json_body()
         if not isinstance(payload, dict) or not isinstance(payload.get("url"), str) or not payload["url"]:
             raise RequestError('expected a JSON object {"url": "http(s)://..."}')
         if not fetch_slots.acquire(blocking=False):
@@ -182,13 +181,21 @@ def _request_image(fetcher: UrlFetcher, fetch_slots: threading.BoundedSemaphore)
                        'or application/json {"url": ...}', 415)
 
 
+def _json_body() -> Any:
+    """The parsed JSON body; anything malformed is a 400 (RequestError), never a 500.
+
+    Parsed here rather than by Flask's ``get_json``: its ``silent`` covers ValueError only, and
+    Python's decoder raises RecursionError on deeply nested input (100,000 ``[``).
+    """
+    try:
+        return json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RequestError("the request body is not valid JSON") from None
+
+
 def _pixels(data: bytes) -> int:
     """Width x height from the image header (nothing decoded); 0 if unreadable (decoding reports it)."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.width * img.height
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return 0
+    return images.pixel_count(data)
 
 
 def _prediction_json(model: str, result: Prediction, with_photo: bool) -> dict[str, Any]:
@@ -289,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
+    from cifar_dvc.tfenv import import_tensorflow
+
+    import_tensorflow()  # before the model loads: no CPU-only start-up noise in the server's log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         server = _make_server(args)
@@ -319,8 +329,10 @@ def preprocessing_from_args(args: argparse.Namespace) -> Preprocessing:
     if args.resample is not None:
         pre = dataclasses.replace(pre, resample=args.resample)
     # A server takes photos from strangers: never more pixels than the custom stage would.
-    max_pixels = min(pre.max_pixels, int(args.max_megapixels * 1_000_000))
-    return dataclasses.replace(pre, max_pixels=max_pixels)
+    max_pixels = int(args.max_megapixels * 1_000_000)
+    if pre.max_pixels < max_pixels:
+        return pre  # custom.max_pixels is the stricter limit, and the one to name
+    return dataclasses.replace(pre, max_pixels=max_pixels, pixels_key="--max-megapixels")
 
 
 def _make_server(args: argparse.Namespace) -> Any:

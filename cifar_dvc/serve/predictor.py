@@ -22,14 +22,13 @@ Reads the model and its sidecar. Writes nothing. Used by ``cifar_dvc.serve.app``
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from cifar_dvc import images
+from cifar_dvc import images, inference
 from cifar_dvc.custom_set import CustomParams
 from cifar_dvc.errors import DataError
 from cifar_dvc.modelinfo import ModelInfo, load_info
@@ -47,6 +46,8 @@ class Preprocessing:
     blur_divisor: float | None = _CUSTOM_DEFAULTS.blur_divisor  # s = round(w / divisor); None = never blur
     background: tuple[int, int, int] = _CUSTOM_DEFAULTS.background_rgb  # behind transparency and padding
     max_pixels: int = _CUSTOM_DEFAULTS.max_pixels  # larger photos are refused as decompression bombs
+    # what set max_pixels, named when a photo is refused (a label: not part of equality)
+    pixels_key: str = dataclasses.field(default="custom.max_pixels", compare=False)
 
     @classmethod
     def from_custom(cls, params: CustomParams) -> Preprocessing:
@@ -102,19 +103,9 @@ class Predictor:
 
     def _compile(self, model_path: Path) -> tuple[Any, Any]:
         """The loaded Keras model and the concrete function that classifies uint8 batches."""
-        import keras
         import tensorflow as tf
 
-        try:  # registers the project's custom layers with Keras, if the registry is installed
-            importlib.import_module("cifar_dvc.models")
-        except ModuleNotFoundError as exc:
-            if exc.name != "cifar_dvc.models":
-                raise
-        try:
-            model = keras.models.load_model(model_path, compile=False)
-        except (OSError, ValueError, TypeError) as exc:
-            raise DataError(f"{model_path}: cannot load the Keras model "
-                            f"({type(exc).__name__}: {exc})") from None
+        model = inference.load_model(model_path)  # any bad file: one DataError line
         expected_in = (None, *self.info.image_shape)
         actual_in = tuple(model.input_shape)
         if actual_in != expected_in:
@@ -146,7 +137,8 @@ class Predictor:
     def predict(self, data: bytes) -> Prediction:
         """Decode, preprocess and classify one photo; unusable bytes raise ``images.ImageError``."""
         pre = self.preprocessing
-        photo = images.open_image(data, background=pre.background, max_pixels=pre.max_pixels)
+        photo = images.open_image(data, background=pre.background, max_pixels=pre.max_pixels,
+                                  pixels_key=pre.pixels_key)
         # Squaring once gives the w of the blur rule; squaring a square again is the identity, so
         # to_model_input below does on ``square`` exactly what it does on ``photo``.
         square = images.prepare_square(photo, pre.square, 3, pre.background)

@@ -155,7 +155,8 @@ class UrlFetcher:
                 reason = address_refusal(ip)
                 if reason is not None:
                     # Name the host only: echoing internal addresses back would help a prober.
-                    raise UrlRefusedError(f"refused: {target.host} is a {reason} address")
+                    noun = "" if reason.endswith("address") else " address"
+                    raise UrlRefusedError(f"refused: {target.host} is {_an(reason)}{noun}")
         return addresses
 
     def _get(self, target: _Target, ips: list[str], deadline: float) -> tuple[int, str | None, bytes | None]:
@@ -283,3 +284,12 @@ def _remaining(deadline: float) -> float:
 
 def _mb(n: int) -> str:
     return f"{n / (1024 * 1024):g} MB"
+
+
+def _an(reason: str) -> str:
+    """``a loopback``, ``an unspecified``; ``not globally routable`` reads ``not a globally routable``."""
+    if reason.startswith(("a ", "an ", "not a ", "not an ")):
+        return reason
+    if reason.startswith("not "):
+        return f"not {_an(reason[4:])}"
+    return f"{'an' if reason[:1] in 'aeiou' else 'a'} {reason}"

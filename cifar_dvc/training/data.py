@@ -25,6 +25,9 @@ from cifar_dvc.normalization import NormStats, normalize
 # Images per tf.data map call: small batches are gathered in groups of about this many, so the
 # per-call overhead stays small next to the training steps (benchmarks/results/train_throughput.md).
 GROUP_IMAGES = 512
+# Iterators keras.Model.fit creates per epoch over a dataset of known size (Keras 3.15's
+# EpochIterator); tests/test_resume.py fails if a Keras upgrade changes it.
+FIT_ITERATORS_PER_EPOCH = 2
 
 
 def group_for(batch_size: int) -> int:
@@ -34,7 +37,7 @@ def group_for(batch_size: int) -> int:
 
 def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, stats: NormStats, batch_size: int,
                  shuffle: bool, seed: int, augmenter: keras.Layer | None = None,
-                 group: int = 1) -> tf.data.Dataset:
+                 group: int = 1, skip_epochs: int = 0) -> tf.data.Dataset:
     """Batches of ``(normalized float32 images, one-hot float32 labels)`` from uint8 ``x``.
 
     ``shuffle`` reshuffles every epoch (deterministically from ``seed``); ``augmenter`` is
@@ -42,6 +45,8 @@ def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, stats: NormStat
     gathered, cast, augmented and normalized by one map call, then split: the same batches in the
     same order, but the fixed cost of a tf.data call (~1 ms on 2 cores, as much as a whole
     training step of the small seed models at batch 32) is paid once per group.
+    ``skip_epochs`` advances the shuffle by that many epochs of ``keras.Model.fit``: a resumed
+    run sees the data in the order the interrupted one would have.
     """
     if group < 1:
         raise ValueError(f"group must be >= 1, got {group}")
@@ -52,6 +57,10 @@ def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, stats: NormStat
     ds = tf.data.Dataset.range(len(x))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        # Each new iterator draws the next order from the shuffle's seed stream, and Keras' fit
+        # makes two an epoch (one it uses, one it discards at the epoch's end): skip as many.
+        for _ in range(FIT_ITERATORS_PER_EPOCH * skip_epochs):
+            iter(ds)
     ds = ds.batch(batch_size * group)
 
     def load(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -67,7 +76,12 @@ def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, stats: NormStat
         # rebatch loses the cardinality; Keras needs it for the progress bar and epoch ends.
         ds = ds.rebatch(batch_size).apply(
             tf.data.experimental.assert_cardinality(-(-len(x) // batch_size)))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # Multi-worker training (cifar_dvc.training.distribute): every worker builds this same pipeline
+    # from the same seed and keeps its share of each global batch. Sharding by data, not by file:
+    # the images are in memory, there are no files to split.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def tta_accuracy(model: keras.Model, dataset: tf.data.Dataset, level: int = 1) -> float:

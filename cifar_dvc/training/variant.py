@@ -157,6 +157,8 @@ class TrainParams:
     steps_per_execution: int = 16  # batches per compiled tf.function call (amortizes Python overhead)
     verbose: Literal["auto", "bar", "epoch", "silent"] = "auto"  # auto: bar on a terminal, else 1 line/epoch
     jit_compile: bool | None = None  # XLA compilation; null = Keras' own choice ("auto")
+    # auto = mixed_bfloat16 on AMX CPUs and bfloat16 GPUs, float32 elsewhere (training/precision.py)
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
 
     def validate(self) -> None:
         if self.max_epochs is not None and self.max_epochs < 1:

@@ -1,0 +1,110 @@
+"""Does train.precision change accuracy? The same variants trained in float32 and mixed_bfloat16.
+
+Each variant is trained twice by ``cifar_dvc.training.loop.train_variant`` (the code of
+``train@<name>``), same seed, same data, same epochs; only ``train.precision`` differs. The saved
+models (float32 whatever trained them) are then scored on the test split. On a CPU without AMX
+bfloat16 is emulated and several times slower: the point here is the accuracy, the speed is in
+``precision_throughput.md``.
+
+    nice -n 5 python benchmarks/precision_accuracy.py --data /work/repro/data/prepared \
+        --variants cnn imp1 --epochs 10 [--train-subset imp1=10000]
+
+Reads params.yaml and the prepared data. Writes benchmarks/results/precision_accuracy.md and
+models into ``--work`` (default a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+from reproduction import machine, machine_label, write_keeping_reading
+
+from cifar_dvc import artifacts, config
+from cifar_dvc.datasets.split import stratified_take
+from cifar_dvc.normalization import STATS_FILE, load_stats, normalize
+from cifar_dvc.training.loop import train_variant
+from cifar_dvc.training.variant import TrainParams, load_seed, load_variant
+
+OUT = Path(__file__).resolve().parent / "results" / "precision_accuracy.md"
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+def _subset_dir(data: Path, n: int, seed: int, work: Path) -> Path:
+    """A prepared folder whose training split is a stratified ``n``-image subset of ``data``'s."""
+    out = work / f"prepared-{n}"
+    if not out.exists():
+        out.mkdir(parents=True)
+        train = artifacts.load_split(data / "train.npz")
+        keep = stratified_take(train.y, n, np.random.default_rng(seed))
+        artifacts.save_split(out / "train.npz", train.x[keep], train.y[keep])
+        for name in ("val.npz", "test.npz", "meta.json", "normalization.json"):
+            (out / name).symlink_to((data / name).resolve())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="prepared data directory (real CIFAR-10)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--variants", nargs="+", required=True)
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of every run (train.max_epochs)")
+    parser.add_argument("--train-subset", nargs="*", default=[], metavar="VARIANT=N",
+                        help="train that variant on a stratified subset of N training images")
+    parser.add_argument("--work", type=Path, default=None, help="models go here (default: a temp folder)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="precision-accuracy-"))
+    params = config.read_params(args.params)
+    seed = load_seed(params)
+    subsets = {k: int(v) for k, v in (item.split("=") for item in args.train_subset)}
+    test = artifacts.load_split(args.data / "test.npz")
+    started = dt.datetime.now(dt.timezone.utc)
+    rows = []
+    for name in args.variants:
+        variant = load_variant(name, params, str(args.params))
+        data = _subset_dir(args.data, subsets[name], seed, work) if name in subsets else args.data
+        results = {}
+        for policy in PRECISIONS:
+            train = TrainParams(max_epochs=args.epochs, precision=policy, verbose="epoch")
+            model_path = work / policy / f"{name}.keras"
+            result = train_variant(name, variant, train, seed, data, model_path,
+                                   work / policy / "live" / name)
+            model = keras.models.load_model(model_path)
+            probs = model.predict(normalize(test.x, load_stats(data / STATS_FILE)), verbose=0, batch_size=256)
+            accuracy = float(np.mean(np.argmax(probs, axis=1) == test.y))
+            results[policy] = (accuracy, result.summary)
+            print(f"{name} {policy}: test {accuracy:.4f}, {result.summary['seconds']:.0f} s", flush=True)
+        rows.append((name, results))
+    lines = [
+        "# Test accuracy by train.precision: float32 against mixed_bfloat16",
+        "",
+        f"- Date: {started:%Y-%m-%d %H:%M} UTC; machine: {machine_label(machine())}.",
+        f"- Data: {args.data} (real CIFAR-10, JPEG copy); test = the 10,000 official test images.",
+        f"- Command: `nice -n 5 python benchmarks/precision_accuracy.py --data {args.data} --variants "
+        f"{' '.join(args.variants)} --epochs {args.epochs}"
+        + (f" --train-subset {' '.join(args.train_subset)}" if args.train_subset else "") + "`",
+        f"- Same seed ({seed}), data, epochs and recipe; only `train.precision` differs. Test accuracy of "
+        "the saved (float32) model, no TTA. Wall and CPU minutes of training (other jobs shared the CPU).",
+        "",
+        "| variant | train images | epochs | float32 test | mixed_bfloat16 test | difference (points) "
+        "| float32 CPU min | bfloat16 CPU min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, res in rows:
+        (a32, s32), (a16, s16) = res["float32"], res["mixed_bfloat16"]
+        lines.append(f"| {name} | {s32['train_images']:,} | {s32['epochs_run']} | {100 * a32:.2f}% | "
+                     f"{100 * a16:.2f}% | {100 * (a16 - a32):+.2f} | {s32['cpu_seconds'] / 60:.1f} | "
+                     f"{s16['cpu_seconds'] / 60:.1f} |")
+    write_keeping_reading(OUT, "\n".join(lines) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
