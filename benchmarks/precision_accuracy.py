@@ -82,6 +82,11 @@ def main() -> None:
             results[policy] = (accuracy, result.summary)
             print(f"{name} {policy}: test {accuracy:.4f}, {result.summary['seconds']:.0f} s", flush=True)
         rows.append((name, results))
+        _write(rows, args, seed, started)  # after every variant: a long run keeps what finished
+
+
+def _write(rows: list, args: argparse.Namespace, seed: int, started: dt.datetime) -> None:
+    """The report of the variants done so far."""
     lines = [
         "# Test accuracy by train.precision: float32 against mixed_bfloat16",
         "",
