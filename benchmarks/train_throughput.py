@@ -236,6 +236,12 @@ def precision_table(args: argparse.Namespace) -> None:
         rows.append((name, bs, speeds))
         cells = zip(args.precisions, speeds, strict=True)
         print(f"{name:10s} " + "  ".join(f"{s}: {v:7.0f} img/s" for s, v in cells), flush=True)
+        _precision_report(args, rows, flags, policies, load_before, started)  # keep what finished
+
+
+def _precision_report(args: argparse.Namespace, rows: list, flags: set[str], policies: dict[str, str],
+                      load_before: tuple[float, float, float], started: dt.datetime) -> None:
+    """The --precisions report of the variants measured so far."""
     cpu = machine()["cpu"]
     base = args.precisions[0]
     lines = [
