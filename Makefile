@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install pipeline test demo lint
+.PHONY: install pipeline test demo lint peer-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,3 +30,20 @@ test: $(INSTALLED)
 # The whole pipeline on synthetic data in a throw-away copy of the repository (no network).
 demo: $(INSTALLED)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m cifar_dvc.demo demo-run
+
+# The peer of `fast`: PyTorch airbench 0.1.8 in its own venv, never a dependency of the project
+# (benchmarks/peer_airbench.py runs it). torch is the CPU-only wheel (PIP_FIND_LINKS=/opt/wheels
+# here; elsewhere add --index-url https://download.pytorch.org/whl/cpu): PyPI's own torch pulls
+# ~3 GB of CUDA libraries. No torchvision: airbench imports it for transforms.Normalize and (only
+# without its .pt cache) datasets.CIFAR10, and PyPI's build for torch 2.13 (0.28.0) fails to
+# import against the CPU torch ("operator torchvision::nms does not exist"); the adapter puts a
+# stand-in of those two names in its place.
+PEER_VENV := .venv-peer
+PEER_STAMP := $(PEER_VENV)/.installed
+
+$(PEER_STAMP):
+	$(PY) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install "torch==2.13.0+cpu" "airbench==0.1.8" numpy  # numpy: the .npz splits
+	touch $@
+
+peer-venv: $(PEER_STAMP)

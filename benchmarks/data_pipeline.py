@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cifar_dvc.demo import copy_project, dvc_env  # noqa: E402  (after the path setup)
+from cifar_dvc.training.precision import cpu_model  # noqa: E402
 
 TARBALL_TOOL = Path("/work/shared/bin/cifar10-tarball")
 STAGES = [  # as in dvc.yaml
@@ -109,8 +110,7 @@ def main() -> None:
     total_wall = sum(r[1] for r in rows)
     total_cpu = sum(r[2] for r in rows)
     peak = max(r[3] for r in rows)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     lines = [
         "# Data pipeline benchmark: fetch + ingest + prepare on the full CIFAR-10",

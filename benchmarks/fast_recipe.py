@@ -1,9 +1,11 @@
 """Measure the ``fast`` variant's recipe on real CIFAR-10 (run by hand, never by the tests).
 
-``train`` runs ``variants.fast`` of params.yaml through the training stage's own code
-(``build_compiled_model`` with the whitening init, ``make_dataset`` + ``build_augmenter``,
-``tta_predict_fn``), on all 50,000 training images, and tests the weights (their EMA average
-when ``optimizer.use_ema``) on the 10,000 test images after the epochs from ``--eval-from`` on,
+``train`` runs ``variants.fast`` of params.yaml through the training stage's own steps
+(``cifar_dvc.training.loop``: ``start_run``, ``train_dataset``, ``build`` with the whitening init
+under the stage's strategy and ``train.precision: auto``, ``training_callbacks``: lookahead,
+whitening-bias freeze, ..., ``fit``; ``cifar_dvc.inference.tta_function``), on all 50,000
+training images, and tests the weights (their EMA average when ``optimizer.use_ema``, lent by
+``loop.averaged_weights``) on the 10,000 test images after the epochs from ``--eval-from`` on,
 logging test accuracy against training wall-clock (testing time is excluded from the clock and
 reported separately). The only differences from ``dvc repro train@fast``: the data come from
 the JPEG copy of CIFAR-10 (decoded once with Pillow into ``/tmp/cifar10_jpeg_*.npy``, never into
@@ -30,7 +32,6 @@ import dataclasses
 import datetime as dt
 import io
 import json
-import math
 import os
 import platform
 import re
@@ -50,13 +51,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # after the path and log-level setup
-from cifar_dvc import atomic, config  # noqa: E402
+from cifar_dvc import atomic, config, inference  # noqa: E402
+from cifar_dvc.datasets.split import one_hot  # noqa: E402
 from cifar_dvc.models.fast import build_fast  # noqa: E402
 from cifar_dvc.normalization import compute_stats  # noqa: E402
-from cifar_dvc.normalization import normalize as normalize_images  # noqa: E402
-from cifar_dvc.training.augment import build_augmenter  # noqa: E402
-from cifar_dvc.training.data import group_for, make_dataset, tta_predict_fn  # noqa: E402
-from cifar_dvc.training.loop import build_compiled_model, set_determinism  # noqa: E402
+from cifar_dvc.training import loop  # noqa: E402
+from cifar_dvc.training.precision import cpu_model  # noqa: E402
 from cifar_dvc.training.variant import TrainParams, VariantParams, load_seed, load_variant  # noqa: E402
 
 ARCHIVE = Path("/work/shared/data/cifar10-jpeg.tar.gz")
@@ -146,10 +146,9 @@ def probe(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    """The stage's own recipe (``train_variant``'s pieces) on 50,000 images, tested every epoch."""
+    """The stage's own recipe (``train_variant``'s steps) on 50,000 images, tested every epoch."""
     variant = variant_for(args)
     seed = load_seed(config.read_params(args.params))
-    set_determinism(seed)
     t0 = time.perf_counter()
     data = load_cifar(args.archive)
     print(f"# data {data['x_train'].shape} {data['x_test'].shape} in {time.perf_counter() - t0:.1f} s",
@@ -157,16 +156,11 @@ def train(args: argparse.Namespace) -> None:
     # The pipeline's own statistics code (float64 accumulation: a float32 sum of 51M values stalls).
     stats = compute_stats(data["x_train"], "standardize")
     num_classes = len(CLASSES)
-    train_ds = make_dataset(data["x_train"], data["y_train"], num_classes, stats, variant.batch_size,
-                            shuffle=True, seed=seed, augmenter=build_augmenter(variant.augment, seed),
-                            group=group_for(variant.batch_size))
-    test_ds = (tf.data.Dataset.from_tensor_slices(data["x_test"]).batch(1000)
-               .map(lambda x: normalize_images(tf.cast(x, tf.float32), stats)).prefetch(2))
-    steps_per_epoch = math.ceil(len(data["x_train"]) / variant.batch_size)
-    model = build_compiled_model(variant, TrainParams(), (32, 32, 3), num_classes, stats, steps_per_epoch,
-                                 variant.epochs, init_images=data["x_train"])
-    optimizer = model.optimizer
-    predict = tta_predict_fn(model, variant.tta)
+    run = loop.start_run(args.variant, variant, TrainParams(verbose="silent"), seed, len(data["x_train"]))
+    train_ds, _ = loop.train_dataset(run, data["x_train"], one_hot(data["y_train"], num_classes), stats)
+    test_ds = tf.data.Dataset.from_tensor_slices(data["x_test"]).batch(1000).prefetch(2)  # uint8
+    model = loop.build(run, (32, 32, 3), num_classes, stats, init_images=data["x_train"])
+    predict = inference.tta_function(model, stats, variant.tta)  # normalizes the uint8 batches itself
 
     log_path = Path(args.log)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,17 +181,8 @@ def train(args: argparse.Namespace) -> None:
 
         def test_accuracy(self) -> float:
             t = time.perf_counter()
-            swapped = None
-            if variant.optimizer.use_ema:
-                # Evaluate the averaged weights without disturbing training: swap in, then back.
-                swapped = [v.numpy() for v in optimizer._trainable_variables]
-                for v, avg in zip(optimizer._trainable_variables,
-                                  optimizer._model_variables_moving_average, strict=True):
-                    v.assign(avg)
-            probs = np.concatenate([predict(x).numpy() for x in test_ds])
-            if swapped is not None:
-                for v, w in zip(optimizer._trainable_variables, swapped, strict=True):
-                    v.assign(w)
+            with loop.averaged_weights(model):  # EMA weights if any, training's back after
+                probs = np.concatenate([predict(x).numpy() for x in test_ds])
             self.eval_seconds += time.perf_counter() - t
             return float((probs.argmax(1) == data["y_test"]).mean())
 
@@ -220,21 +205,19 @@ def train(args: argparse.Namespace) -> None:
 
     clock = Clock()
     load_start = load_average()
-    model.fit(train_ds, epochs=variant.epochs, callbacks=[clock], verbose=0)
-    write_results(args, variant, rows, clock, model.count_params(), load_start)
+    # the callbacks that change what is trained (lookahead, whitening-bias freeze, ...), as the stage's
+    recipe, _ = loop.training_callbacks(run)
+    loop.fit(run, model, train_ds, [*recipe, clock])
+    write_results(args, variant, rows, clock, model.count_params(), load_start, run.precision)
 
 
 def write_results(args: argparse.Namespace, variant: VariantParams, rows: list[dict], clock,
-                  params: int, load_start: str) -> None:
+                  params: int, load_start: str, precision: str) -> None:
     tested = [r for r in rows if r["test_accuracy"] is not None]
     to90 = next((r for r in tested if r["test_accuracy"] >= 0.90), None)
     best = max(tested, key=lambda r: r["test_accuracy"])
     weights = "EMA weights" if variant.optimizer.use_ema else "raw weights"
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
+    cpu = cpu_model()
     command = "nice -n 10 .venv/bin/python benchmarks/fast_recipe.py " + " ".join(sys.argv[1:])
     recipe = json.dumps(dataclasses.asdict(variant), sort_keys=True)
     lines = [
@@ -250,7 +233,8 @@ def write_results(args: argparse.Namespace, variant: VariantParams, rows: list[d
         f"- Data: real CIFAR-10 from the JPEG re-encoding (quality ~75) in `{args.archive}`, "
         "50,000 train / 10,000 test; expect a point or two below the original pickles.",
         f"- Recipe: `variants.{args.variant}` of `{args.params}` run through the stage's own code "
-        f"(`build_compiled_model`, `make_dataset`, `build_augmenter`, `tta_predict_fn`), "
+        f"(`loop.start_run`, `train_dataset`, `build`, `training_callbacks`, `fit`; "
+        f"`inference.tta_function`; precision {precision}), "
         f"{params:,} parameters: `{recipe}`",
         f"- Result: best test accuracy {best['test_accuracy']:.2%} (epoch {best['epoch']}); final "
         f"{tested[-1]['test_accuracy']:.2%} after {rows[-1]['train_minutes']:.1f} training minutes.",

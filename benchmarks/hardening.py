@@ -47,9 +47,9 @@ import yaml  # noqa: E402  (after the path setup)
 from PIL import Image  # noqa: E402
 
 from cifar_dvc import artifacts, atomic  # noqa: E402
-from cifar_dvc.datasets import sources, synthetic  # noqa: E402
-from cifar_dvc.datasets.params import PrepareParams, SyntheticParams  # noqa: E402
-from cifar_dvc.datasets.split import prepare_dir  # noqa: E402
+from cifar_dvc.datasets import sources  # noqa: E402
+from cifar_dvc.datasets.params import SyntheticParams  # noqa: E402
+from tests.synthetic_sets import write_prepared  # noqa: E402  (the tests' synthetic sets, one maker)
 
 GiB = 1024**3
 MiB = 1024**2
@@ -115,19 +115,9 @@ def write_bomb(path: Path, compress: str, member: str, size: int = 2 * GiB, sing
             out.write(zeros)
 
 
-def make_prepared(root: Path) -> Path:
-    train, test, classes = synthetic.generate(SyntheticParams(train_per_class=20, test_per_class=10), seed=7)
-    interim = root / "interim"
-    artifacts.save_split(interim / "train.npz", *train)
-    artifacts.save_split(interim / "test.npz", *test)
-    artifacts.save_meta(interim, artifacts.Meta("synthetic", classes, train[0].shape[1:]))
-    prepare_dir(interim, root / "prepared", PrepareParams(), train_subset=None, seed=7)
-    return root / "prepared"
-
-
 def build_inputs(work: Path) -> list[tuple[str, str, list[str], Path]]:
     """(name, input description, stage argv after ``-m``, params file) of every measurement."""
-    prepared = make_prepared(work / "data")
+    prepared = write_prepared(work / "data", SyntheticParams(train_per_class=20, test_per_class=10), seed=7)
     classes = artifacts.load_meta(prepared).classes
     photos = work / "photos"
     (photos / classes[0]).mkdir(parents=True, exist_ok=True)

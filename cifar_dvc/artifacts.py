@@ -2,11 +2,13 @@
 
 A *split* is one ``.npz`` file with ``x`` (uint8, N x H x W x C) and ``y`` (int64 class indices),
 plus optional extra arrays (``y_onehot`` float32 in prepared splits, ``files`` in custom sets).
+Training reads the prepared splits' ``y_onehot`` (``onehot_labels``: one-hot encoding is the
+prepare step's); evaluation computes its metrics from the integer ``y``.
 A data directory holds its splits and ``meta.json`` (data set name, class names, image shape).
 
     data/interim/   train.npz test.npz meta.json                          (ingest)
     data/prepared/  train.npz val.npz test.npz meta.json normalization.json (prepare)
-    data/custom_sets/ unfiltered.npz filtered.npz sweep_<divisor>.npz ...  (custom)
+    data/custom_sets/ unfiltered.npz filtered.npz sweep_<divisor>.npz ...  (custom; cifar_dvc.evalsets)
 
 Reads and writes only the paths it is given, writes atomically.
 """
@@ -75,6 +77,22 @@ def load_split(path: Path | str) -> Split:
         raise DataError(f"{path}: expected arrays x and y, found {sorted(arrays)}")
     x, y = arrays.pop("x"), arrays.pop("y")
     return Split(x=x, y=y, extra=arrays)
+
+
+def onehot_labels(split: Split, path: Path | str, num_classes: int) -> np.ndarray:
+    """The ``y_onehot`` that ``prepare`` wrote into the split read from ``path``: float32 of shape
+    (n, ``num_classes``) whose argmax is ``y``; anything else is a DataError naming the file."""
+    onehot = split.extra.get("y_onehot")
+    if onehot is None:
+        raise DataError(f"{path}: no y_onehot labels; re-run prepare (`dvc repro prepare`)")
+    expected = (len(split), num_classes)
+    if onehot.dtype != np.float32 or onehot.shape != expected:
+        raise DataError(f"{path}: y_onehot must be float32 of shape {expected}, "
+                        f"got {onehot.dtype} of shape {onehot.shape}")
+    if not np.array_equal(onehot.argmax(axis=1), split.y):
+        raise DataError(f"{path}: y_onehot does not encode y (their argmax and labels differ); "
+                        "re-run prepare (`dvc repro prepare`)")
+    return onehot
 
 
 def save_meta(directory: Path | str, meta: Meta) -> None:

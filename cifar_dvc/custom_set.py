@@ -1,20 +1,25 @@
 """The custom test set of seed 004: a user's photos as unfiltered, filtered and blur-sweep sets.
 
 Reads the photo folder ``custom.dir`` laid out as ``<class name>/<image files>`` (class names those
-of the data set, from ``data/prepared/meta.json``), and ``data/prepared/normalization.json``.
+of the data set, from ``data/prepared/meta.json``).
 Every photo is decoded, EXIF-oriented, made square and resized to the data set's image size by
 ``cifar_dvc.images``; the ``filtered`` set blurs the square photo first with an s x s Gaussian,
 s = round(w / ``custom.blur_divisor``) (seed 004: 75), and each ``custom.sweep_divisors`` entry d
 makes one more set ``sweep_<d>`` the same way, so evaluation can draw accuracy against blur strength.
+All of these are resized with ``custom.resample`` (Lanczos); with ``custom.compare_resample:
+nearest`` the same sets are also made with seed 004's aliasing nearest-neighbour resize (as Keras'
+``load_img``): ``nearest_unfiltered``, ``nearest_filtered`` and ``sweep_nearest_<d>``, so the
+report can tell how much of the blur's gain only repairs aliasing. Decoding, squaring and blurring
+are done once per photo and kernel size; only the (cheap) resize is repeated. Set names and files
+come from ``cifar_dvc.evalsets``.
 
 Writes into the output directory (``data/custom_sets/``), per set, ``<set>.npz`` through
-``cifar_dvc.artifacts.save_split``: ``x`` uint8 (N, H, W, C), ``y`` int64, ``x_norm`` float32
-(normalized by ``cifar_dvc.normalization.normalize`` with prepare's saved statistics, exactly as
-the training data), ``files`` (paths relative to the photo folder), ``kernel_size`` (the s of
-each photo; 0 in ``unfiltered``; s <= 1 means not blurred) and ``width`` (the square's side in
-pixels, the w of the rule); plus ``report.json`` (every photo's size and kernel sizes, skipped
-files with reasons, counts). Also a contact sheet PNG: for each photo its original thumbnail, the
-unfiltered and the filtered image.
+``cifar_dvc.artifacts.save_split``: ``x`` uint8 (N, H, W, C), ``y`` int64, ``files`` (paths
+relative to the photo folder), ``kernel_size`` (the s of each photo; 0 in the unfiltered sets;
+s <= 1 means not blurred) and ``width`` (the square's side in pixels, the w of the rule); plus
+``report.json`` (each set's file, evaluation name, resize and divisor; every photo's size and
+kernel sizes, skipped files with reasons, counts). Also a contact sheet PNG: for each photo its
+original thumbnail, the unfiltered and the filtered image of each resize.
 
 Bad input (a file that is not a readable image of an allowed format, a 0-byte file, a file over
 ``custom.max_bytes`` (refused unread), a decompression bomb, a folder that is not a class name, a
@@ -41,6 +46,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cifar_dvc import artifacts, atomic
 from cifar_dvc.errors import DataError
+from cifar_dvc.evalsets import CUSTOM, MAIN, NEAREST, SETS, custom_set, parse_sweep, sweep_name
 from cifar_dvc.images import (
     PILLOW_MAX_PIXELS,
     ImageError,
@@ -54,11 +60,10 @@ from cifar_dvc.images import (
     prepare_square,
     resize,
 )
-from cifar_dvc.normalization import NormStats, normalize
 
 REPORT_FILE = "report.json"
-UNFILTERED = "unfiltered"
-FILTERED = "filtered"
+UNFILTERED = custom_set(MAIN, filtered=False).stem  # the file stems of the main-resize sets
+FILTERED = custom_set(MAIN, filtered=True).stem
 # Documentation files, anywhere in the photo folder: not photos.
 DOC_SUFFIXES = (".md", ".txt", ".rst")
 # Litter that file managers leave in folders; never photos.
@@ -74,6 +79,8 @@ class CustomParams:
     dir: str = "data/custom"  # photo folder, <class name>/<image files>; dvc.yaml passes ${custom.dir}
     square: Square = "crop"  # make photos square: crop the centre | pad with `background`
     resample: Resample = "lanczos"  # resize filter: lanczos | bicubic | hamming | bilinear | box | nearest
+    # The same sets again resized as seed 004 did (nearest: aliasing, as Keras' load_img); None = off
+    compare_resample: Literal["nearest"] | None = "nearest"
     background: list[int] = dataclasses.field(  # RGB under transparent pixels and around padded photos
         default_factory=lambda: [255, 255, 255])
     blur_divisor: float = 75.0  # filtered set: s x s Gaussian, s = round(w / blur_divisor), seed 004's 75
@@ -92,6 +99,9 @@ class CustomParams:
                            *((f"sweep_divisors[{i}]", d) for i, d in enumerate(self.sweep_divisors))]:
             if not value > 0:
                 raise ValueError(f"{key}: expected a positive number, got {value}")
+        if self.compare_resample == self.resample:
+            raise ValueError(f"compare_resample: equals custom.resample ({self.resample}); the comparison "
+                             "would repeat the sets: use another resize or null")
         names = [sweep_name(d) for d in self.sweep_divisors]
         if len(set(names)) != len(names):
             raise ValueError(f"sweep_divisors: expected distinct values, got {self.sweep_divisors}")
@@ -108,11 +118,6 @@ class CustomParams:
     def background_rgb(self) -> tuple[int, int, int]:
         r, g, b = self.background
         return (r, g, b)
-
-
-def sweep_name(divisor: float) -> str:
-    """``sweep_75`` for 75 or 75.0, ``sweep_37.5`` for 37.5 (never an exponent)."""
-    return f"sweep_{np.format_float_positional(float(divisor), trim='-')}"
 
 
 @dataclasses.dataclass
@@ -132,7 +137,7 @@ class PhotoRecord:
     width: int  # after EXIF orientation
     height: int
     side: int  # the square's side: the w of s = round(w / divisor)
-    kernel_size: dict[str, int]  # set name -> s used (0 for unfiltered)
+    kernel_size: dict[str, int]  # set file stem -> s used (0 for unfiltered)
     thumbnail: Image.Image | None = dataclasses.field(repr=False)  # original, for the contact sheet
 
 
@@ -141,8 +146,9 @@ class CustomSets:
     """Everything ``build_custom_sets`` made: arrays per set, photo records, problems, warnings."""
 
     meta: artifacts.Meta
-    divisors: dict[str, float]  # blurred set name -> divisor
-    images: dict[str, np.ndarray]  # set name -> uint8 (N, H, W, C)
+    divisors: dict[str, float]  # blurred set's file stem -> divisor
+    resamples: dict[str, str]  # every set's file stem -> its resize filter
+    images: dict[str, np.ndarray]  # set file stem -> uint8 (N, H, W, C)
     photos: list[PhotoRecord]
     skipped: list[Problem]
     warnings: list[str]
@@ -157,9 +163,38 @@ class CustomSets:
         return np.array([p.file for p in self.photos], dtype=str)
 
 
+def set_resizes(params: CustomParams) -> dict[str, str]:
+    """The resizes made: ``{MAIN: custom.resample}`` plus ``{NEAREST: ...}`` when compare_resample is on."""
+    out = {MAIN: params.resample}
+    if params.compare_resample is not None:
+        out[NEAREST] = params.compare_resample
+    return out
+
+
 def set_divisors(params: CustomParams) -> dict[str, float]:
-    """The blurred sets and their divisors: ``filtered`` then ``sweep_<d>`` in params order."""
-    return {FILTERED: params.blur_divisor, **{sweep_name(d): d for d in params.sweep_divisors}}
+    """The blurred sets (file stems) and their divisors, per resize: filtered then ``sweep_<d>``."""
+    return {name: d for resize in set_resizes(params)
+            for name, d in [(custom_set(resize, filtered=True).stem, params.blur_divisor),
+                            *((sweep_name(d, resize), d) for d in params.sweep_divisors)]}
+
+
+def set_resamples(params: CustomParams) -> dict[str, str]:
+    """Every set's file stem and its resize filter, per resize: unfiltered, filtered, the sweep."""
+    divisors = set_divisors(params)
+    return {name: resample for resize, resample in set_resizes(params).items()
+            for name in (custom_set(resize, filtered=False).stem,
+                         *(n for n in divisors if _resize_of(n) == resize))}
+
+
+def _resize_of(stem: str) -> str:
+    """MAIN or NEAREST: the resize of a custom set's file stem (named by cifar_dvc.evalsets)."""
+    parsed = parse_sweep(stem)
+    if parsed is not None:
+        return parsed[0]
+    resize = next((s.resize for s in SETS if s.folder == CUSTOM and s.stem == stem), None)
+    if resize is None:
+        raise ValueError(f"{stem!r} is not a custom set of cifar_dvc.evalsets")
+    return resize
 
 
 def find_photos(photo_dir: Path, classes: list[str], on_error: str = "fail"
@@ -265,6 +300,7 @@ def build_custom_sets(photo_dir: Path, meta: artifacts.Meta, params: CustomParam
     if height != width or channels not in (1, 3):
         raise DataError(f"meta.json: image_shape {meta.image_shape}: expected square images, 1 or 3 channels")
     divisors = set_divisors(params)
+    resamples = set_resamples(params)
     found, skipped = find_photos(photo_dir, meta.classes, params.on_error)
     warnings = []
     if not photo_dir.exists():
@@ -273,7 +309,7 @@ def build_custom_sets(photo_dir: Path, meta: artifacts.Meta, params: CustomParam
     elif not found:
         warnings.append(f"{photo_dir}: no photos found; the custom sets are empty (n = 0). "
                         "Put photos in <custom.dir>/<class name>/ to fill them")
-    images: dict[str, list[np.ndarray]] = {name: [] for name in (UNFILTERED, *divisors)}
+    images: dict[str, list[np.ndarray]] = {name: [] for name in resamples}
     records: list[PhotoRecord] = []
     for path, label in found:
         rel = path.relative_to(photo_dir).as_posix()
@@ -296,54 +332,52 @@ def build_custom_sets(photo_dir: Path, meta: artifacts.Meta, params: CustomParam
     shape = (height, width, channels)
     stacked = {name: np.stack(arrays) if arrays else np.zeros((0, *shape), np.uint8)
                for name, arrays in images.items()}
-    return CustomSets(meta, divisors, stacked, records, skipped, warnings, str(photo_dir))
+    return CustomSets(meta, divisors, resamples, stacked, records, skipped, warnings, str(photo_dir))
 
 
 def process_photo(path: Path, rel: str, label: int, size: int, channels: int, divisors: dict[str, float],
                   params: CustomParams, thumbnail: bool = True) -> tuple[PhotoRecord, dict[str, np.ndarray]]:
-    """One photo as a record and its uint8 (size, size, channels) array per set name.
+    """One photo as a record and its uint8 (size, size, channels) array per set (file stem).
 
-    ``thumbnail``: keep a small copy of the original for the contact sheet (only the photos it shows).
+    ``divisors``: the blurred sets, ``set_divisors(params)``. ``thumbnail``: keep a small copy of
+    the original for the contact sheet (only the photos it shows).
 
-    Equivalent to ``images.to_model_input`` once per set, but decodes and squares the photo once and
-    blurs once per distinct kernel size.
+    Equivalent to ``images.to_model_input`` once per set, but decodes and squares the photo once,
+    blurs once per distinct kernel size and resizes once per kernel size and resize filter.
     """
     original = open_image(path, params.background_rgb, params.max_pixels, params.max_bytes)
     square = prepare_square(original, params.square, channels, params.background_rgb)
-    unfiltered = as_array(resize(square, size, params.resample), channels)
-    kernels = {name: blur_kernel_size(square.width, d) for name, d in divisors.items()}
-    by_kernel: dict[int, np.ndarray] = {}
-    for s in sorted(set(kernels.values())):
-        # s <= 1 is no blur: the unfiltered image itself
-        by_kernel[s] = unfiltered if s <= 1 else as_array(
-            resize(gaussian_blur(square, s), size, params.resample), channels)
+    kernels = {name: 0 for name in (custom_set(r, filtered=False).stem for r in set_resizes(params))}
+    kernels.update({name: blur_kernel_size(square.width, d) for name, d in divisors.items()})
+    resamples = {name: set_resizes(params)[_resize_of(name)] for name in kernels}
+    blurred: dict[int, Image.Image] = {}
+    resized: dict[tuple[int, str], np.ndarray] = {}
+    arrays = {}
+    for name, s in kernels.items():
+        s = max(s, 1)  # s <= 1 is no blur: the unfiltered image itself
+        key = (s, resamples[name])
+        if key not in resized:
+            if s > 1 and s not in blurred:
+                blurred[s] = gaussian_blur(square, s)
+            resized[key] = as_array(resize(blurred.get(s, square), size, resamples[name]), channels)
+        arrays[name] = resized[key]
     thumb = None
     if thumbnail:
         thumb = original.copy()
         thumb.thumbnail((params.thumb_size, params.thumb_size), Image.Resampling.LANCZOS)
-    record = PhotoRecord(rel, label, original.width, original.height, square.width,
-                         {UNFILTERED: 0, **kernels}, thumb)
-    return record, {UNFILTERED: unfiltered, **{name: by_kernel[s] for name, s in kernels.items()}}
+    record = PhotoRecord(rel, label, original.width, original.height, square.width, kernels, thumb)
+    return record, arrays
 
 
-def check_stats(meta: artifacts.Meta, stats: NormStats) -> None:
-    """The normalization statistics must have one value per image channel."""
-    channels = meta.image_shape[2]
-    if len(stats.mean) != channels:
-        raise DataError(f"normalization.json has statistics for {len(stats.mean)} channel(s) but "
-                        f"meta.json's images have {channels}")
-
-
-def write_custom_sets(out_dir: Path, sets: CustomSets, stats: NormStats) -> None:
+def write_custom_sets(out_dir: Path, sets: CustomSets) -> None:
     """Write ``<set>.npz`` for every set and ``report.json`` into ``out_dir``."""
-    check_stats(sets.meta, stats)
     out_dir = Path(out_dir)
     labels, files = sets.labels, sets.files
     widths = np.array([p.side for p in sets.photos], dtype=np.int64)
     for name, x in sets.images.items():
         kernels = np.array([p.kernel_size[name] for p in sets.photos], dtype=np.int64)
-        artifacts.save_split(out_dir / f"{name}.npz", x, labels, x_norm=normalize(x, stats),
-                             files=files, kernel_size=kernels, width=widths)
+        artifacts.save_split(out_dir / f"{name}.npz", x, labels, files=files, kernel_size=kernels,
+                             width=widths)
     atomic.write_json(out_dir / REPORT_FILE, report(sets))
 
 
@@ -360,10 +394,8 @@ def report(sets: CustomSets) -> dict[str, Any]:
         "n": len(sets.photos),
         "n_skipped": len(sets.skipped),
         "per_class": counts,
-        "sets": {
-            UNFILTERED: {"file": f"{UNFILTERED}.npz", "divisor": None},
-            **{name: {"file": f"{name}.npz", "divisor": d} for name, d in sets.divisors.items()},
-        },
+        "sets": {name: {"file": f"{name}.npz", "set": _evaluation_name(name), "resample": resample,
+                        "divisor": sets.divisors.get(name)} for name, resample in sets.resamples.items()},
         "sigma": {str(s): round(kernel_sigma(s), 4) for s in blurred},
         "photos": [
             {"file": p.file, "class": sets.meta.classes[p.label], "label": p.label, "width": p.width,
@@ -375,17 +407,29 @@ def report(sets: CustomSets) -> dict[str, Any]:
     }
 
 
+def _evaluation_name(stem: str) -> str:
+    """The name evaluation gives the set in file ``<stem>.npz`` (cifar_dvc.evalsets)."""
+    return next((s.name for s in SETS if s.folder == CUSTOM and s.stem == stem), stem)
+
+
 def contact_sheet(sets: CustomSets, params: CustomParams, columns: int = 4) -> Image.Image:
-    """For each photo (up to ``params.sheet_max``): original thumbnail, unfiltered and filtered images.
+    """For each photo (up to ``params.sheet_max``): original thumbnail, unfiltered and filtered images
+    of each resize (the main one, then seed 004's nearest when ``compare_resample`` made it).
 
     The 32x32 images are enlarged with nearest-neighbour so their pixels stay visible.
     """
+    shown_sets = [(custom_set(resize, filtered).stem, filtered) for resize in set_resizes(params)
+                  for filtered in (False, True) if custom_set(resize, filtered).stem in sets.images]
+    two = len(shown_sets) > 2  # two resizes: name each picture by its resize filter
+    pictures = [((f"{sets.resamples[stem]}, blur" if filtered else sets.resamples[stem]) if two
+                 else ("filtered" if filtered else "unfiltered"), stem) for stem, filtered in shown_sets]
     t, gap, margin = params.thumb_size, 4, 12
     font, small = _font(13), _font(11)
     line = 16
     shown = sets.photos[:params.sheet_max]
     title = (f"custom set: {len(sets.photos)} photo(s) from {sets.photo_dir}, {len(sets.skipped)} skipped; "
-             f"filtered: s x s Gaussian, s = round(w / {params.blur_divisor:g})")
+             f"filtered: s x s Gaussian, s = round(w / {params.blur_divisor:g}); "
+             f"resized with {' and '.join(set_resizes(params).values())}")
     if not shown:
         message = (f"no photos in {sets.photo_dir}: the custom sets are empty (n = 0)"
                    if not sets.photos else "custom.sheet_max is 0: no photos shown")
@@ -396,7 +440,7 @@ def contact_sheet(sets: CustomSets, params: CustomParams, columns: int = 4) -> I
         draw.text((margin, margin + 2 * line), message, fill=(180, 0, 0), font=font)
         return sheet
     columns = max(1, min(columns, len(shown)))
-    cell_w, cell_h = 3 * t + 2 * gap, 2 * line + t + line
+    cell_w, cell_h = (1 + len(pictures)) * t + len(pictures) * gap, 2 * line + t + line
     header = 2 * line + line
     rows = -(-len(shown) // columns)
     width = max(columns * (cell_w + margin) + margin, int(font.getlength(title)) + 2 * margin)
@@ -408,8 +452,9 @@ def contact_sheet(sets: CustomSets, params: CustomParams, columns: int = 4) -> I
                   "(custom.sheet_max)", fill=(120, 0, 0), font=small)
     for col in range(columns):
         x0 = margin + col * (cell_w + margin)
-        for k, caption in enumerate(("original", UNFILTERED, FILTERED)):
-            draw.text((x0 + k * (t + gap), header - line), caption, fill=(90, 90, 90), font=small)
+        for k, caption in enumerate(("original", *(c for c, _ in pictures))):
+            draw.text((x0 + k * (t + gap), header - line), _fit(caption, small, t), fill=(90, 90, 90),
+                      font=small)
     classes = sets.meta.classes
     for i, photo in enumerate(shown):
         x0 = margin + (i % columns) * (cell_w + margin)
@@ -423,7 +468,7 @@ def contact_sheet(sets: CustomSets, params: CustomParams, columns: int = 4) -> I
         thumb = photo.thumbnail
         if thumb is not None:
             sheet.paste(thumb, (x0 + (t - thumb.width) // 2, top + (t - thumb.height) // 2))
-        for k, name in enumerate((UNFILTERED, FILTERED), start=1):
+        for k, (_, name) in enumerate(pictures, start=1):
             small_img = _to_pil(sets.images[name][i]).resize((t, t), Image.Resampling.NEAREST)
             sheet.paste(small_img, (x0 + k * (t + gap), top))
     return sheet

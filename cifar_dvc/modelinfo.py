@@ -1,10 +1,11 @@
 """The sidecar ``models/<name>.json`` that makes a trained ``.keras`` file self-describing.
 
-``train`` writes it beside the model; ``evaluate``, ``report`` and the web demo read it, so they
-need nothing else to turn a photo into class probabilities: the class names, the input image
-shape, and the normalization statistics the model was trained with.
+``train`` writes it beside the model; ``cifar_dvc.inference.load`` reads it with the model (for
+``evaluate``, ``report`` and the web demo), so they need nothing else to turn a photo into class
+probabilities: the class names, the input image shape, the normalization statistics the model
+was trained with, and the test-time augmentation level the variant is evaluated with.
 
-Reads and writes only the paths it is given, writes atomically.
+Reads and writes only the paths it is given, writes atomically (``dvc repro train@<name>``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class ModelInfo:
     image_shape: tuple[int, int, int]  # H, W, C of the (normalized) model input
     normalization: NormStats  # how 0..255 pixels become model input
     training: dict[str, Any] = dataclasses.field(default_factory=dict)  # epochs, seconds, images/s...
+    # variants.<name>.tta at training time (cifar_dvc.inference.TTA_LEVELS, which checks it); None
+    # in sidecars written before it was recorded
+    tta: int | None = None
 
 
 def info_path(model_path: Path | str) -> Path:
@@ -47,16 +51,26 @@ def load_info(model_path: Path | str) -> ModelInfo:
     try:
         raw = json.loads(path.read_text())
         norm = raw["normalization"]
-        return ModelInfo(
+        tta = raw.get("tta")
+        if tta is not None and (isinstance(tta, bool) or not isinstance(tta, int)):
+            raise ValueError("tta is not an integer")
+        info = ModelInfo(
             name=str(raw["name"]),
             dataset=str(raw["dataset"]),
             classes=[str(c) for c in raw["classes"]],
             image_shape=tuple(int(v) for v in raw["image_shape"]),  # type: ignore[arg-type]
             normalization=NormStats(str(norm["method"]), tuple(norm["mean"]), tuple(norm["std"])),
             training=dict(raw.get("training", {})),
+            tta=tta,
         )
     except FileNotFoundError:
         raise DataError(f"{path}: model description not found; `dvc repro train@<name>` writes it") from None
     except (ValueError, KeyError, TypeError):
-        raise DataError(f"{path}: expected JSON with name, dataset, classes, image_shape, normalization"
-                        ) from None
+        raise DataError(f"{path}: expected JSON with name, dataset, classes, image_shape, normalization "
+                        "(and an integer tta)") from None
+    channels = info.image_shape[-1] if len(info.image_shape) == 3 else None
+    if channels is None or not len(info.normalization.mean) == len(info.normalization.std) == channels:
+        raise DataError(f"{path}: expected image_shape [height, width, channels] and one normalization "
+                        f"mean and std per channel, got {list(info.image_shape)} and "
+                        f"{len(info.normalization.mean)} means, {len(info.normalization.std)} stds")
+    return info

@@ -1,10 +1,11 @@
-"""Stage ``custom``: the user's photos as unfiltered, filtered and blur-sweep test sets (seed 004).
+"""Stage ``custom``: the user's photos as unfiltered, filtered and blur-sweep test sets (seed 004),
+resized with ``custom.resample`` and, side by side, with seed 004's ``custom.compare_resample``.
 
     python -m stages.custom --photos data/custom --prepared data/prepared \
         --out data/custom_sets --sheet plots/custom/contact_sheet.png
 
-Reads the photo folder (``custom.dir``, passed by dvc.yaml as ``--photos``), ``meta.json`` and
-``normalization.json`` of the prepared data, and the ``custom:`` params. Writes the sets and
+Reads the photo folder (``custom.dir``, passed by dvc.yaml as ``--photos``), ``meta.json`` of the
+prepared data (classes, image size), and the ``custom:`` params. Writes the sets and
 ``report.json`` into ``--out`` and the contact sheet PNG to ``--sheet``, all or nothing (a failure,
 e.g. a full disk, leaves neither); stale temporaries of killed runs are removed first.
 Logic: ``cifar_dvc.custom_set``.
@@ -23,18 +24,16 @@ from cifar_dvc.custom_set import (
     FILTERED,
     CustomParams,
     build_custom_sets,
-    check_stats,
     save_contact_sheet,
     write_custom_sets,
 )
 from cifar_dvc.errors import stage_main
-from cifar_dvc.normalization import STATS_FILE, load_stats
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--photos", type=Path, required=True, help="photo folder, <class name>/<files>")
-    parser.add_argument("--prepared", type=Path, required=True, help="prepare's output (meta, statistics)")
+    parser.add_argument("--prepared", type=Path, required=True, help="prepare's output (its meta.json)")
     parser.add_argument("--out", type=Path, required=True, help="output folder of the sets and report.json")
     parser.add_argument("--sheet", type=Path, required=True, help="contact sheet PNG to write")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default params.yaml)")
@@ -43,8 +42,6 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_section(CustomParams, "custom", path=args.params)
     meta = artifacts.load_meta(args.prepared)
-    stats = load_stats(args.prepared / STATS_FILE)
-    check_stats(meta, stats)  # before the slow part, not after it
     start = time.perf_counter()
     sets = build_custom_sets(args.photos, meta, params)
     seconds = time.perf_counter() - start
@@ -53,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     sheet_existed = args.sheet.exists()
     try:
         with atomic.atomic_dir(args.out) as tmp:
-            write_custom_sets(tmp, sets, stats)
+            write_custom_sets(tmp, sets)
             save_contact_sheet(args.sheet, sets, params)
     except BaseException:
         if not sheet_existed:  # the sheet without its sets would be a partial output

@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     scores = evaluate.run(args.variant, args.model, args.prepared, args.custom, params, tta,
                           args.metrics, args.out, seed=seed)
-    shown = ", ".join(f"{name} {_pct(s['accuracy'])}" + (f" (n={s['n']})" if "n" in s else "")
-                      for name, s in scores.items() if name not in ("custom_sweep", "corruptions"))
+    shown = ", ".join(f"{name} {_pct(s['accuracy'])}" for name, s in scores.items() if name != "corruptions")
     if "corruptions" in scores:
         mean = scores["corruptions"]
         shown += f"; corruption mean {_pct(mean['accuracy'])}"

@@ -6,7 +6,8 @@
 Reads ``eval/<variant>/`` of the report's variants (``report.variants``, null = every evaluated
 one), their ``dvclive/<variant>/`` logs, the focus variant's model, the prepared test set, the
 custom sets and the ``report:`` params. Writes ``metrics/summary.json`` and ``plots/report/``
-(table.md, curves.csv, blur.csv, figures/*.png). Logic: ``cifar_dvc.evaluation.report``.
+(table.md, curves.csv, blur.csv, corruptions.csv, figures/*.png: the registries ``DATA_FILES`` and
+``FIGURES`` of ``cifar_dvc.evaluation.report``, where the logic is).
 """
 
 from __future__ import annotations

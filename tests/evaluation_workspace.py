@@ -2,19 +2,21 @@
 
 ``make_workspace`` lays out what ``evaluate`` and ``report`` read, in the pipeline's own formats:
 ``data/prepared`` (a copy of the ``prepared_dir`` fixture), ``data/custom_sets`` (photos taken from
-the test split, possibly empty, with a blur sweep), and for each variant ``models/<name>.keras`` +
+the test split, possibly empty: every custom set of ``cifar_dvc.evalsets`` with a blur sweep in
+both resizes), and for each variant ``models/<name>.keras`` +
 sidecar and ``dvclive/<name>/`` written by a real ``DVCLiveCallback`` during a 2-epoch fit of a tiny
 CNN (a few seconds).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from cifar_dvc import artifacts, modelinfo
+from cifar_dvc import artifacts, evalsets, modelinfo
 from cifar_dvc.normalization import STATS_FILE, load_stats, normalize
 
 SWEEP = (50, 100)
@@ -38,16 +40,23 @@ def tiny_model(num_classes: int, shape: tuple[int, int, int], seed: int, conv: b
     return keras.Model(inputs, outputs, name=f"tiny_{'cnn' if conv else 'mlp'}")
 
 
-def write_custom_sets(out: Path, prepared: Path, n: int) -> None:
-    """``unfiltered``, ``filtered`` and ``sweep_<d>`` sets of ``n`` test images (n = 0: empty sets)."""
+def write_custom_sets(out: Path, prepared: Path, n: int, nearest: bool = True) -> None:
+    """Every custom set of the table (``nearest``: also the NEAREST ones) and ``sweep_<d>`` of each
+    resize, of ``n`` test images (n = 0: empty sets)."""
     test = artifacts.load_split(prepared / "test.npz")
-    stats = load_stats(prepared / STATS_FILE)
     x, y = test.x[:n], test.y[:n]
     files = np.array([f"photo_{i:03d}.png" for i in range(n)])
-    for offset, name in enumerate(["unfiltered", "filtered", *(f"sweep_{d}" for d in SWEEP)]):
+    resizes = evalsets.RESIZES if nearest else (evalsets.MAIN,)
+    stems = [s.stem for s in evalsets.SETS if s.folder == evalsets.CUSTOM and s.resize in resizes]
+    stems += [evalsets.sweep_name(d, resize) for resize in resizes for d in SWEEP]
+    for offset, name in enumerate(stems):
         # Every set different (a shifted copy), so the accuracies differ between sets.
         xs = np.roll(x, offset, axis=2) if n else x
-        artifacts.save_split(out / f"{name}.npz", xs, y, x_norm=normalize(xs, stats), files=files)
+        artifacts.save_split(out / f"{name}.npz", xs, y, files=files)
+    # what the custom stage's report.json says of the resizes (the report names them from it)
+    resamples = {evalsets.MAIN: "lanczos", evalsets.NEAREST: "nearest"}
+    sets = {evalsets.custom_set(r, filtered=False).stem: {"resample": resamples[r]} for r in resizes}
+    (out / "report.json").write_text(json.dumps({"n": n, "sets": sets}))
 
 
 def train_variant(root: Path, prepared: Path, name: str, seed: int, conv: bool = True,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_dvc import artifacts, modelinfo
+from cifar_dvc import artifacts, inference, modelinfo
 from cifar_dvc.evaluation import adapt, evaluate
 from cifar_dvc.evaluation.params import EvaluateParams
 from cifar_dvc.inference import load_model
@@ -63,8 +63,8 @@ def _low_contrast(x: np.ndarray) -> np.ndarray:
     return (x.astype(np.float32) * 0.3 + 150).astype(np.uint8)
 
 
-def _accuracy(model, x: np.ndarray, y: np.ndarray, stats) -> float:
-    return float((evaluate.predict(model, x, stats, batch_size=64).argmax(axis=1) == y).mean())
+def _accuracy(model, x: np.ndarray, y: np.ndarray, info: modelinfo.ModelInfo) -> float:
+    return float((inference.predict(model, info, x, 0, batch_size=64).argmax(axis=1) == y).mean())
 
 
 def test_only_batchnorm_statistics_of_a_copy_change_and_the_file_stays(trained: Path,
@@ -120,20 +120,20 @@ def test_the_statistics_are_the_sets_own_and_the_prior_mixes_them(trained: Path,
 
 
 def test_adaptation_undoes_a_synthetic_shift(trained: Path, prepared_dir: Path) -> None:
-    model = load_model(trained)
+    model, info = inference.load(trained)
     stats = load_stats(prepared_dir / STATS_FILE)
     test = artifacts.load_split(prepared_dir / "test.npz")
-    clean = _accuracy(model, test.x, test.y, stats)
+    clean = _accuracy(model, test.x, test.y, info)
     assert clean >= 0.5  # the model has learnt something, so losing and regaining it means something
     # low contrast on grey: per channel a*x + b, which the first conv + BN turns back exactly
     shifted = _low_contrast(test.x)
-    before = _accuracy(model, shifted, test.y, stats)
-    after = _accuracy(adapt.adapt_batchnorm(model, shifted, stats), shifted, test.y, stats)
+    before = _accuracy(model, shifted, test.y, info)
+    after = _accuracy(adapt.adapt_batchnorm(model, shifted, stats), shifted, test.y, info)
     assert before < clean - 0.2 and after >= clean - 0.05, (clean, before, after)
     # inverted colours (the example): a sign flip, which statistics only partly undo
     inverted = 255 - test.x
-    before = _accuracy(model, inverted, test.y, stats)
-    after = _accuracy(adapt.adapt_batchnorm(model, inverted, stats), inverted, test.y, stats)
+    before = _accuracy(model, inverted, test.y, info)
+    after = _accuracy(adapt.adapt_batchnorm(model, inverted, stats), inverted, test.y, info)
     assert after > before, (before, after)
 
 
@@ -167,10 +167,9 @@ def test_no_batchnorm_no_adaptation() -> None:
 def test_evaluate_reports_adapted_custom_sets_and_the_corruption_suite(trained: Path, prepared_dir: Path,
                                                                          tmp_path: Path) -> None:
     test = artifacts.load_split(prepared_dir / "test.npz")
-    stats = load_stats(prepared_dir / STATS_FILE)
     custom = tmp_path / "custom_sets"
     for name, x in (("unfiltered", _low_contrast(test.x[:40])), ("filtered", test.x[:40])):
-        artifacts.save_split(custom / f"{name}.npz", x, test.y[:40], x_norm=normalize(x, stats),
+        artifacts.save_split(custom / f"{name}.npz", x, test.y[:40],
                              files=np.array([f"p{i}.png" for i in range(40)]))
     digest = hashlib.sha256(trained.read_bytes()).hexdigest()
     params = EvaluateParams(corruptions=["contrast", "gaussian_noise"], corruption_images=30)

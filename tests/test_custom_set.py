@@ -1,4 +1,5 @@
-"""The custom stage: photo folder -> unfiltered, filtered and sweep sets, report.json, contact sheet.
+"""The custom stage: photo folder -> unfiltered, filtered and sweep sets (Lanczos and seed 004's nearest
+resize), report.json, contact sheet.
 
 Photos are generated here (widths 40 to 1000 px, many modes and formats, EXIF orientations); the
 stage runs in-process through ``stage_main`` (exit code and error line as on the command line) and
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,17 +19,21 @@ import pytest
 import yaml
 from PIL import Image
 
-from cifar_dvc import artifacts, images, normalization
-from cifar_dvc.custom_set import CustomParams, build_custom_sets, contact_sheet, find_photos, sweep_name
+from cifar_dvc import artifacts, evalsets, images, normalization
+from cifar_dvc.custom_set import CustomParams, build_custom_sets, contact_sheet, find_photos
 from cifar_dvc.datasets import synthetic
 from cifar_dvc.errors import DataError, stage_main
+from cifar_dvc.evalsets import NEAREST, parse_sweep, sweep_name
 from stages import custom as custom_stage
 from tests.test_images import BLUE, RED, encode, halves, in_mode, noise, png_with_size
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-# Not scale: proves x_norm uses the saved statistics, not a hard-coded /255.
 STATS = normalization.NormStats("standardize", (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+DIVISORS = (150, 100, 75, 50, 25)
+# Every file of the default params: both resizes, unfiltered, filtered and the sweep.
+SET_STEMS = ["unfiltered", "filtered", *(sweep_name(d) for d in DIVISORS),
+             "nearest_unfiltered", "nearest_filtered", *(sweep_name(d, NEAREST) for d in DIVISORS)]
 
 # relative path -> (width, height, mode, format, EXIF orientation)
 PHOTOS: dict[str, tuple[int, int, str, str, int | None]] = {
@@ -101,8 +105,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 def test_sets_have_the_contract_layout(built: tuple[Path, Path, Path]) -> None:
     _, out, _ = built
-    names = ["unfiltered", "filtered", *(sweep_name(d) for d in (150, 100, 75, 50, 25))]
+    names = SET_STEMS
     assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{n}.npz" for n in names), "report.json"])
+    # the custom sets' files are those of the evaluation table
+    assert {s.stem for s in evalsets.SETS if s.folder == evalsets.CUSTOM} <= set(names)
     expected_files = sorted(PHOTOS, key=lambda rel: (CIFAR10.index(rel.split("/")[0]), rel))
     for name in names:
         split = artifacts.load_split(out / f"{name}.npz")
@@ -110,9 +116,7 @@ def test_sets_have_the_contract_layout(built: tuple[Path, Path, Path]) -> None:
         assert split.y.dtype == np.int64
         assert split.extra["files"].tolist() == expected_files
         assert split.y.tolist() == [CIFAR10.index(f.split("/")[0]) for f in expected_files]
-        x_norm = split.extra["x_norm"]
-        assert x_norm.dtype == np.float32 and x_norm.shape == split.x.shape
-        np.testing.assert_array_equal(x_norm, normalization.normalize(split.x, STATS))  # prepare's code
+        assert "x_norm" not in split.extra  # nothing reads it; it made the stage depend on prepare.normalize
         assert split.x.min() >= 0 and split.x.max() <= 255 and split.x.std() > 10
 
 
@@ -125,8 +129,9 @@ def test_kernel_size_is_round_w_over_divisor_per_photo(built: tuple[Path, Path, 
         side = expected_side.get(rel, width)
         assert by_file[rel]["square_side"] == side
         assert by_file[rel]["kernel_size"]["filtered"] == images.blur_kernel_size(side, 75)
-        for d in (150, 100, 75, 50, 25):
+        for d in DIVISORS:
             assert by_file[rel]["kernel_size"][sweep_name(d)] == images.blur_kernel_size(side, d)
+            assert by_file[rel]["kernel_size"][sweep_name(d, NEAREST)] == images.blur_kernel_size(side, d)
     # the four widths of the issue: 40 -> 1 (no blur), 75 -> 1, 300 -> 4, 1000 -> 13
     assert [by_file[f]["kernel_size"]["filtered"] for f in
             ("cat/w40_gray.png", "cat/w75_palette.gif", "dog/w300.webp", "dog/w1000.jpg")] == [1, 1, 4, 13]
@@ -137,27 +142,62 @@ def test_kernel_size_is_round_w_over_divisor_per_photo(built: tuple[Path, Path, 
     assert set(artifacts.load_split(out / "unfiltered.npz").extra["kernel_size"].tolist()) == {0}
     assert report["n"] == len(PHOTOS) and report["n_skipped"] == 0 and report["skipped"] == []
     assert report["sets"]["filtered"]["divisor"] == 75 and report["per_class"]["airplane"] == 2
+    assert report["sets"]["nearest_filtered"] == {"file": "nearest_filtered.npz", "resample": "nearest",
+                                                  "set": "custom_nearest_filtered", "divisor": 75}
+    unfiltered = report["sets"]["unfiltered"]
+    assert (unfiltered["resample"], unfiltered["set"], unfiltered["divisor"]) == ("lanczos", "custom", None)
+    assert report["sets"]["sweep_nearest_25"]["set"] == "sweep_nearest_25"
     assert report["sigma"]["13"] == pytest.approx(2.3)
 
 
 def test_filtered_differs_from_unfiltered_exactly_when_s_above_one(built: tuple[Path, Path, Path]) -> None:
     _, out, _ = built
-    unfiltered = artifacts.load_split(out / "unfiltered.npz")
-    for name in ["filtered", *(sweep_name(d) for d in (150, 100, 75, 50, 25))]:
-        blurred = artifacts.load_split(out / f"{name}.npz")
-        for i, s in enumerate(blurred.extra["kernel_size"]):
-            assert (s > 1) == (not np.array_equal(blurred.x[i], unfiltered.x[i])), (name, i, s)
-    np.testing.assert_array_equal(artifacts.load_split(out / "filtered.npz").x,
-                                  artifacts.load_split(out / "sweep_75.npz").x)
+    for prefix, resize in (("", evalsets.MAIN), ("nearest_", NEAREST)):
+        unfiltered = artifacts.load_split(out / f"{prefix}unfiltered.npz")
+        for name in [f"{prefix}filtered", *(sweep_name(d, resize) for d in DIVISORS)]:
+            blurred = artifacts.load_split(out / f"{name}.npz")
+            for i, s in enumerate(blurred.extra["kernel_size"]):
+                assert (s > 1) == (not np.array_equal(blurred.x[i], unfiltered.x[i])), (name, i, s)
+        np.testing.assert_array_equal(artifacts.load_split(out / f"{prefix}filtered.npz").x,
+                                      artifacts.load_split(out / f"{sweep_name(75, resize)}.npz").x)
 
 
 def test_stage_matches_to_model_input_of_the_web_demo(built: tuple[Path, Path, Path]) -> None:
     photos, out, _ = built
-    filtered, unfiltered = (artifacts.load_split(out / f"{n}.npz") for n in ("filtered", "unfiltered"))
+    filtered, unfiltered, near_filtered, near = (artifacts.load_split(out / f"{n}.npz") for n in (
+        "filtered", "unfiltered", "nearest_filtered", "nearest_unfiltered"))
     for i, rel in enumerate(filtered.extra["files"]):
         img = images.open_image(photos / rel)
         np.testing.assert_array_equal(filtered.x[i], images.to_model_input(img, 32, blur_divisor=75))
         np.testing.assert_array_equal(unfiltered.x[i], images.to_model_input(img, 32))
+        # seed 004's setup: the same photo, blurred or not, resized by nearest neighbour
+        np.testing.assert_array_equal(near_filtered.x[i],
+                                      images.to_model_input(img, 32, resample="nearest", blur_divisor=75))
+        np.testing.assert_array_equal(near.x[i], images.to_model_input(img, 32, resample="nearest"))
+    big = [i for i, rel in enumerate(filtered.extra["files"]) if rel == "dog/w1000.jpg"]
+    assert not np.array_equal(near.x[big], unfiltered.x[big])  # the two resizes do differ
+
+
+def test_compare_resample_null_makes_the_main_sets_only(tmp_path: Path) -> None:
+    photos = make_photos(tmp_path / "photos", {"cat/a.png": (300, 300, "RGB", "PNG", None)})
+    code, out, sheet = run_stage(tmp_path, photos, make_prepared(tmp_path / "prepared"),
+                                 compare_resample=None, sweep_divisors=[50])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["filtered.npz", "report.json", "sweep_50.npz",
+                                                    "unfiltered.npz"]
+    sets = json.loads((out / "report.json").read_text())["sets"]
+    assert set(sets) == {"unfiltered", "filtered", "sweep_50"}
+    with_nearest = run_stage(tmp_path / "b", photos, make_prepared(tmp_path / "b" / "prepared"),
+                             sweep_divisors=[50])[2]
+    assert Image.open(with_nearest).width > Image.open(sheet).width  # two more pictures a photo
+
+
+def test_compare_resample_equal_to_resample_is_refused(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_stage(tmp_path, tmp_path / "photos", make_prepared(tmp_path / "prepared"),
+                             resample="nearest")
+    err = capsys.readouterr().err
+    assert code == 2 and "compare_resample" in err and "null" in err and not out.exists(), err
 
 
 def test_exif_rotation_and_alpha_are_honoured(tmp_path: Path) -> None:
@@ -184,9 +224,9 @@ def test_grayscale_data_set_gives_28x28x1(tmp_path: Path) -> None:
                              normalization.NormStats("standardize", (0.13,), (0.31,)))
     code, out, sheet = run_stage(tmp_path, photos, prepared, sweep_divisors=[50])
     assert code == 0
-    for name in ("unfiltered", "filtered", "sweep_50"):
+    for name in ("unfiltered", "filtered", "sweep_50", "nearest_unfiltered", "sweep_nearest_50"):
         split = artifacts.load_split(out / f"{name}.npz")
-        assert split.x.shape == (2, 28, 28, 1) and split.extra["x_norm"].shape == (2, 28, 28, 1)
+        assert split.x.shape == (2, 28, 28, 1)
         assert split.y.tolist() == [3, 7]
     assert Image.open(sheet).mode == "RGB"
 
@@ -291,11 +331,10 @@ def test_missing_or_empty_folder_gives_empty_sets_and_a_warning(state: str, tmp_
     assert code == 0
     err = capsys.readouterr().err
     assert err.startswith("warning: ") and "empty (n = 0)" in err and str(photos) in err
-    for name in ("unfiltered", "filtered", "sweep_25"):
+    for name in SET_STEMS:
         split = artifacts.load_split(out / f"{name}.npz")
         assert split.x.shape == (0, 32, 32, 3) and split.x.dtype == np.uint8
         assert split.y.shape == (0,) and split.extra["files"].shape == (0,)
-        assert split.extra["x_norm"].shape == (0, 32, 32, 3) and split.extra["x_norm"].dtype == np.float32
     assert json.loads((out / "report.json").read_text())["n"] == 0
     assert Image.open(sheet).size[1] < 200  # a small sheet that says "no photos"
 
@@ -311,19 +350,31 @@ def test_bad_params_fail_with_the_key_named(tmp_path: Path, capsys: pytest.Captu
         assert code == 2 and key in err and err.startswith("error: ") and not out.exists(), err
 
 
-def test_statistics_must_match_the_channels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    gray_stats = normalization.NormStats("standardize", (0.5,), (0.2,))
-    prepared = make_prepared(tmp_path / "prepared", stats=gray_stats)
+def test_the_stage_does_not_read_the_normalization_statistics(tmp_path: Path) -> None:
+    """Only meta.json: a change of prepare.normalize must not re-run custom (dvc.yaml drops the dep)."""
+    prepared = make_prepared(tmp_path / "prepared")
+    (prepared / normalization.STATS_FILE).unlink()
     photos = make_photos(tmp_path / "photos", {"cat/a.png": (40, 40, "RGB", "PNG", None)})
     code, out, _ = run_stage(tmp_path, photos, prepared)
-    assert code == 2 and "1 channel(s)" in capsys.readouterr().err and not out.exists()
+    assert code == 0 and artifacts.load_split(out / "unfiltered.npz").x.shape == (1, 32, 32, 3)
+    custom = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]["custom"]
+    assert not any("normalization" in dep for dep in custom["deps"])
 
 
 @pytest.mark.parametrize(("divisor", "name"), [(75, "sweep_75"), (75.0, "sweep_75"), (37.5, "sweep_37.5"),
                                                (1e6, "sweep_1000000"), (0.5, "sweep_0.5")])
 def test_sweep_names_match_what_evaluate_parses(divisor: float, name: str) -> None:
     assert sweep_name(divisor) == name
-    assert re.fullmatch(r"sweep_[0-9.]+", name)  # cifar_dvc.evaluation.evaluate.SWEEP_FILE
+    assert parse_sweep(name) == (evalsets.MAIN, float(divisor))  # the one parser evaluation and report use
+    nearest = sweep_name(divisor, NEAREST)
+    assert nearest == name.replace("sweep_", "sweep_nearest_")
+    assert parse_sweep(nearest) == (NEAREST, float(divisor))
+
+
+@pytest.mark.parametrize("name", ["sweep_", "sweep_x", "sweep_1e5", "sweep_lanczos_75", "sweep_75.npz",
+                                  "custom", "filtered", "sweep_nearest_", "sweep_1.2.3"])
+def test_parse_sweep_refuses_other_names(name: str) -> None:
+    assert parse_sweep(name) is None
 
 
 def test_find_photos_order_and_nested_folders(tmp_path: Path) -> None:
@@ -378,6 +429,8 @@ def test_dvc_repro_runs_custom_and_tracks_its_params_and_folder(tmp_path: Path) 
     assert set(lock["params"]["params.yaml"]) == {f"custom.{f.name}" for f in dataclasses.fields(CustomParams)
                                                    if f.name != "dir"}  # dir: in cmd and deps instead
     assert "data/custom" in {d["path"] for d in lock["deps"]}
+    assert "data/prepared/normalization.json" not in {d["path"] for d in lock["deps"]}
+    assert (repo / "data" / "custom_sets" / "nearest_filtered.npz").is_file()
 
     def changed() -> set[str]:
         return set(json.loads(run_dvc(repo, "status", "--json", "custom").stdout or "{}"))  # + upstream

@@ -1,19 +1,25 @@
 """prepare: stratified seeded subsets and validation splits, one-hot labels, normalization statistics,
-the output layout, and one-line refusals (stages/prepare.py, cifar_dvc.datasets.split)."""
+the output layout, and one-line refusals (stages/prepare.py, cifar_dvc.datasets.split); training
+reads the one-hot labels prepare wrote, checked (cifar_dvc.artifacts.onehot_labels)."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
 import yaml
 
-from cifar_dvc import artifacts
+from cifar_dvc import artifacts, config
 from cifar_dvc.datasets.params import PrepareParams
 from cifar_dvc.datasets.split import one_hot, prepare_dataset, stratified_take
-from cifar_dvc.errors import ParamsError, stage_main
+from cifar_dvc.errors import DataError, ParamsError, stage_main
 from cifar_dvc.normalization import load_stats, normalize
+from cifar_dvc.training.data import make_dataset
+from cifar_dvc.training.loop import train_variant
+from cifar_dvc.training.variant import TrainParams, VariantParams
 from stages import prepare as prepare_stage
 
 
@@ -150,3 +156,47 @@ def test_a_validation_fraction_leaving_no_image_is_refused():
     meta = artifacts.Meta("synthetic", ["a", "b"], (4, 4, 3))
     with pytest.raises(ParamsError, match="leaves an empty training or validation split"):
         prepare_dataset(split, split, meta, PrepareParams(validation=0.01), train_subset=None, seed=0)
+
+
+# --- the one-hot labels prepare writes are the ones training reads -----------------------------
+
+def _with_onehot(prepared_dir, tmp_path, name, onehot):
+    """A copy of ``prepared_dir`` whose ``name`` split has ``onehot`` as y_onehot (None: left out)."""
+    out = tmp_path / "prepared"
+    shutil.copytree(prepared_dir, out)
+    split = artifacts.load_split(out / name)
+    extra = {} if onehot is None else {"y_onehot": onehot(split)}
+    artifacts.save_split(out / name, split.x, split.y, **extra)
+    return out
+
+
+@pytest.mark.parametrize(("onehot", "expected"), [
+    (None, "val.npz: no y_onehot labels; re-run prepare"),
+    (lambda s: s.extra["y_onehot"].astype(np.float64), "val.npz: y_onehot must be float32 of shape (20, 10), "
+                                                        "got float64 of shape (20, 10)"),
+    (lambda s: s.extra["y_onehot"][:, :9], "got float32 of shape (20, 9)"),
+    (lambda s: np.roll(s.extra["y_onehot"], 1, axis=1), "val.npz: y_onehot does not encode y"),
+])
+def test_bad_one_hot_labels_are_one_data_error_naming_the_file(prepared_dir, tmp_path, onehot, expected):
+    data = _with_onehot(prepared_dir, tmp_path, "val.npz", onehot)
+    with pytest.raises(DataError, match=re.escape(expected)):
+        artifacts.onehot_labels(artifacts.load_split(data / "val.npz"), data / "val.npz", 10)
+    # training reads them before anything else: the stage's one line, no model built
+    variant = config.from_dict(VariantParams, {"model": "mlp", "epochs": 1}, where="variants.tiny")
+    with pytest.raises(DataError, match=re.escape(expected)) as error:
+        train_variant("tiny", variant, TrainParams(), 0, data, tmp_path / "m.keras", tmp_path / "live")
+    assert len(str(error.value).splitlines()) == 1 and str(data / "val.npz") in str(error.value)
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_training_batches_carry_the_labels_prepare_wrote(prepared_dir):
+    split = artifacts.load_split(prepared_dir / "train.npz")
+    labels = artifacts.onehot_labels(split, prepared_dir / "train.npz", 10)
+    assert labels is split.extra["y_onehot"]  # the array prepare wrote, not a new encoding
+    stats = load_stats(prepared_dir / "normalization.json")
+    ds = make_dataset(split.x, labels, stats, batch_size=32, shuffle=False, seed=0, group=2)
+    batched = np.concatenate([b[1].numpy() for b in ds])
+    np.testing.assert_array_equal(batched, labels)
+    np.testing.assert_array_equal(batched, one_hot(split.y, 10))  # what training used to encode itself
+    with pytest.raises(ValueError, match="float32 one-hot rows"):
+        make_dataset(split.x, split.y, stats, batch_size=32, shuffle=False, seed=0)  # integer labels

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cifar_dvc import evalsets
 from cifar_dvc.evaluation import evaluate, figures, report
 from cifar_dvc.evaluation.params import EvaluateParams, ReportParams
 from tests.evaluation_workspace import (
@@ -69,7 +70,7 @@ def test_report_works_with_empty_custom_sets(workspace: Path, tmp_path: Path) ->
     assert summary["cnn"]["custom"] is None and summary["cnn"]["custom_filtered"] is None
     assert summary["cnn"]["test"] is not None
     assert "n/a" in (paths.out / "table.md").read_text()
-    assert (paths.out / "blur.csv").read_text().strip() == "variant,divisor,accuracy,n"
+    assert (paths.out / "blur.csv").read_text().strip() == "variant,resize,divisor,accuracy,n"
 
 
 def test_a_model_without_convolutions_gets_an_explanation(tmp_path: Path) -> None:
@@ -77,7 +78,29 @@ def test_a_model_without_convolutions_gets_an_explanation(tmp_path: Path) -> Non
     assert figures.conv_layers(mlp) == []
     path = figures.filter_visualization(mlp, tmp_path / "filters.png", steps=1)
     assert path.stat().st_size > 0
-    assert figures.blur_sweep({"mlp": {}}, {"mlp": None}, tmp_path / "blur.png").stat().st_size > 0
+    assert figures.blur_sweep({"mlp": {}}, {"mlp": {}}, tmp_path / "blur.png").stat().st_size > 0
+
+
+def test_the_blur_sweep_draws_both_resizes_as_two_lines(workspace: Path, tmp_path: Path) -> None:
+    results = {name: report.load_results(workspace / "eval", name) for name in VARIANTS}
+    unfiltered = {name: {evalsets.MAIN: res["sets"]["custom"]["accuracy"],
+                         evalsets.NEAREST: res["sets"]["custom_nearest"]["accuracy"]}
+                  for name, res in results.items()}
+    labels = {evalsets.MAIN: "lanczos", evalsets.NEAREST: "nearest"}
+    lines = figures.blur_sweep_lines(report.sweep_points(results), unfiltered, labels)
+    assert [(line["variant"], line["label"]) for line in lines] == [
+        ("cnn", "cnn, lanczos"), ("cnn", "cnn, nearest"), ("mlp", "mlp, lanczos"), ("mlp", "mlp, nearest")]
+    for line in lines:
+        sets = results[line["variant"]]["sets"]
+        assert line["divisors"] == [50.0, 100.0]
+        names = [evalsets.sweep_name(d, line["resize"]) for d in (50, 100)]
+        assert line["accuracy"] == [sets[name]["accuracy"] for name in names]
+        assert line["unfiltered"] == unfiltered[line["variant"]][line["resize"]]  # the "none" end point
+    # the main resize alone (compare_resample: null): one line a variant, still drawn
+    main_only = {v: {evalsets.MAIN: by_resize[evalsets.MAIN]}
+                 for v, by_resize in report.sweep_points(results).items()}
+    assert len(figures.blur_sweep_lines(main_only, unfiltered, labels)) == 2
+    assert figures.blur_sweep(main_only, unfiltered, tmp_path / "b.png", resize_labels=labels).stat().st_size
 
 
 def test_gradient_ascent_increases_the_filter_activation() -> None:

@@ -431,16 +431,10 @@ def small_file_limit() -> None:
 
 @pytest.fixture
 def interim_dir(tmp_path: Path) -> Path:
-    from cifar_dvc import artifacts
-    from cifar_dvc.datasets import synthetic
     from cifar_dvc.datasets.params import SyntheticParams
+    from tests.synthetic_sets import write_interim
 
-    train, test, classes = synthetic.generate(SyntheticParams(train_per_class=20, test_per_class=5), seed=1)
-    interim = tmp_path / "interim"
-    artifacts.save_split(interim / "train.npz", *train)
-    artifacts.save_split(interim / "test.npz", *test)
-    artifacts.save_meta(interim, artifacts.Meta("synthetic", classes, train[0].shape[1:]))
-    return interim
+    return write_interim(tmp_path / "interim", SyntheticParams(train_per_class=20, test_per_class=5), seed=1)
 
 
 def test_full_disk_in_prepare_is_one_line_and_leaves_nothing(tmp_path: Path, interim_dir: Path) -> None:
@@ -460,7 +454,7 @@ def test_full_disk_in_prepare_is_one_line_and_leaves_nothing(tmp_path: Path, int
 def test_full_disk_in_custom_is_one_line_and_leaves_nothing(tmp_path: Path, prepared_dir: Path) -> None:
     photos = tmp_path / "photos"
     (photos / "X").mkdir(parents=True)
-    for i in range(12):  # x_norm alone is 12 x 12 KiB: more than the 64 KiB a file may have
+    for i in range(24):  # x alone is 24 x 3 KiB: more than the 64 KiB a file may have
         (photos / "X" / f"{i}.png").write_bytes(png(60 + i, 50))
     params = write_params(tmp_path / "params.yaml", {})
     before = tree(tmp_path)

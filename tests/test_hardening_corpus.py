@@ -36,7 +36,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from cifar_dvc import artifacts
 from cifar_dvc.datasets import archive, mnist, sources, synthetic
 from cifar_dvc.datasets.params import SyntheticParams
 from cifar_dvc.errors import stage_main
@@ -44,6 +43,7 @@ from stages import custom as custom_stage
 from stages import fetch as fetch_stage
 from stages import ingest as ingest_stage
 from stages import prepare as prepare_stage
+from tests.synthetic_sets import write_interim
 from tests.test_hardening import bomb
 from tests.test_images import png_with_size
 
@@ -473,12 +473,7 @@ def prepare_inputs(ws: Path, stage: str) -> None:
     if stage == "ingest":
         (ws / "raw").mkdir()
     if stage == "prepare":
-        train, test, classes = synthetic.generate(
-            SyntheticParams(train_per_class=20, test_per_class=5), seed=0
-        )
-        artifacts.save_split(ws / "interim" / "train.npz", *train)
-        artifacts.save_split(ws / "interim" / "test.npz", *test)
-        artifacts.save_meta(ws / "interim", artifacts.Meta("synthetic", classes, train[0].shape[1:]))
+        write_interim(ws / "interim", SyntheticParams(train_per_class=20, test_per_class=5), seed=0)
     if stage == "serve":
         from cifar_dvc.modelinfo import ModelInfo, save_info
         from cifar_dvc.normalization import NormStats

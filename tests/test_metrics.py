@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_dvc import artifacts
+from cifar_dvc import artifacts, evalsets, inference
+from cifar_dvc.errors import DataError
 from cifar_dvc.evaluation import evaluate, metrics
 from cifar_dvc.normalization import STATS_FILE, load_stats
 from tests.evaluation_workspace import TTA, VARIANTS, evaluated_workspace
@@ -105,13 +106,29 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, prepared_dir: Path) -> P
     return evaluated_workspace(tmp_path_factory, prepared_dir)
 
 
-def test_metrics_json_keys_and_values_agree_with_the_confusion_matrices(workspace: Path) -> None:
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    """Nested keys joined by dots, as `dvc metrics show` makes its columns."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_metrics_json_keeps_what_a_reader_compares_and_results_json_the_rest(workspace: Path) -> None:
+    table = [spec.name for spec in evalsets.SETS]
+    sweep = {"sweep_50", "sweep_100", "sweep_nearest_50", "sweep_nearest_100"}
     for name in VARIANTS:
         scores = json.loads((workspace / "metrics" / f"{name}.json").read_text())
         results = json.loads((workspace / "eval" / name / "results.json").read_text())
-        assert set(scores) == {"validation", "test", "custom", "custom_filtered", "custom_sweep",
-                               "custom_adapted", "custom_filtered_adapted", "corruptions"}
-        assert set(scores["custom_sweep"]) == {"50", "100"}
+        assert set(scores) == {*table, "custom_adapted", "custom_filtered_adapted", "corruptions"}
+        # one accuracy per set, test also loss, F1 and ECE: 13 columns in `dvc metrics show`, no sweep
+        assert set(scores["test"]) == {"accuracy", "loss", "f1_macro", "ece"}
+        assert all(set(scores[s]) == {"accuracy"} for s in table if s != "test")
+        assert len(_flat(scores)) == 13
+        assert {s for s in results["sets"] if evalsets.parse_sweep(s)} == sweep  # the sweep: in results.json
         # the tiny models have no BatchNorm: adapted results are null, not missing
         assert scores["custom_adapted"] == scores["custom_filtered_adapted"] == {"accuracy": None}
         assert scores["corruptions"]["accuracy_adapted"] is None
@@ -119,16 +136,53 @@ def test_metrics_json_keys_and_values_agree_with_the_confusion_matrices(workspac
         assert len(rows) == 1 + 5 * 3 and {r["n"] for r in rows} == {"100"}  # 500 asked, the test set has 100
         assert scores["corruptions"]["accuracy"] == pytest.approx(
             np.mean([float(r["accuracy"]) for r in rows if r["severity"] != "0"]), abs=1e-6)
-        for set_name in ("validation", "test", "custom", "custom_filtered"):
-            s = scores[set_name]
+        for set_name in [*table, *sweep]:
+            s = results["sets"][set_name]
             assert {"n", "accuracy", "loss", "f1_macro", "ece", "top5_accuracy"} <= set(s)
-            cm = np.array(results["sets"][set_name]["confusion_matrix"])
+            if set_name in scores:
+                assert {k: s[k] for k in scores[set_name]} == scores[set_name]  # the same numbers
+            cm = np.array(s["confusion_matrix"])
             assert cm.sum() == s["n"]
             assert s["accuracy"] == pytest.approx(np.trace(cm) / cm.sum(), abs=1e-6)
             data = np.load(workspace / "eval" / name / "predictions" / f"{set_name}.npz")
             pred = data["probs"].argmax(axis=1)
             assert s["f1_macro"] == pytest.approx(_f1_direct(data["y"], pred), abs=1e-6)
-        assert scores["validation"]["n"] == 20 and scores["test"]["n"] == 100 and scores["custom"]["n"] == 12
+        n = {set_name: results["sets"][set_name]["n"] for set_name in ("validation", "test", "custom")}
+        assert n == {"validation": 20, "test": 100, "custom": 12}
+        assert sorted(p.stem for p in (workspace / "eval" / name / "confusion").iterdir()) == \
+            sorted(evalsets.CONFUSION_SETS)
+
+
+def test_the_set_table_is_consistent() -> None:
+    files = [(spec.folder, spec.file) for spec in evalsets.SETS]
+    assert len(set(files)) == len(files) and len(evalsets.SET_NAMES) == len(evalsets.SETS)
+    assert {evalsets.VALIDATION, evalsets.TEST} <= set(evalsets.SET_NAMES)
+    for resize in evalsets.RESIZES:
+        for filtered in (False, True):
+            spec = evalsets.custom_set(resize, filtered)
+            assert spec.folder == evalsets.CUSTOM and evalsets.parse_sweep(spec.stem) is None
+    assert evalsets.adapted_sets() == ("custom_adapted", "custom_filtered_adapted")
+    assert evalsets.adapted_of("custom_adapted") == "custom" and evalsets.adapted_of("test") is None
+    assert evalsets.title("custom_filtered_adapted") == "Custom (filtered), BN adapted"
+    with pytest.raises(KeyError, match="not an evaluation set"):
+        evalsets.spec("custom_unfiltered")
+
+
+def test_without_the_nearest_sets_evaluation_reports_the_others(workspace: Path, tmp_path: Path) -> None:
+    from cifar_dvc.evaluation.params import EvaluateParams
+    from tests.evaluation_workspace import write_custom_sets
+
+    custom = tmp_path / "custom_sets"
+    write_custom_sets(custom, workspace / "data" / "prepared", n=6, nearest=False)  # compare_resample: null
+    params = EvaluateParams(adapt_bn=False, corruptions=[])
+    scores = evaluate.run("cnn", workspace / "models" / "cnn.keras", workspace / "data" / "prepared", custom,
+                          params, 0, tmp_path / "cnn.json", tmp_path / "eval")
+    assert set(scores) == {"validation", "test", "custom", "custom_filtered"}
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(results["sets"]) == {*scores, "sweep_100", "sweep_50"}
+    (custom / "unfiltered.npz").unlink()  # a required set missing: one error naming the file
+    with pytest.raises(DataError, match=r"unfiltered\.npz"):
+        evaluate.load_sets(workspace / "data" / "prepared", custom)
 
 
 def test_confusion_csv_is_what_dvc_counts(workspace: Path) -> None:
@@ -142,11 +196,11 @@ def test_confusion_csv_is_what_dvc_counts(workspace: Path) -> None:
 
 
 def test_flip_tta_averages_the_image_and_its_mirror(workspace: Path) -> None:
-    model = evaluate.load_model(workspace / "models" / "mlp.keras")
+    model, info = inference.load(workspace / "models" / "mlp.keras")
     test = artifacts.load_split(workspace / "data" / "prepared" / "test.npz")
-    stats = load_stats(workspace / "data" / "prepared" / STATS_FILE)
-    plain = evaluate.predict(model, test.x, stats, batch_size=64)
-    mirrored = evaluate.predict(model, test.x[:, :, ::-1], stats, batch_size=64)
+    assert info.normalization == load_stats(workspace / "data" / "prepared" / STATS_FILE)
+    plain = inference.predict(model, info, test.x, 0, batch_size=64)
+    mirrored = inference.predict(model, info, np.ascontiguousarray(test.x[:, :, ::-1]), 0, batch_size=64)
     saved = np.load(workspace / "eval" / "mlp" / "predictions" / "test.npz")["probs"]
     assert TTA["mlp"]
     np.testing.assert_allclose(saved, (plain + mirrored) / 2, atol=1e-5)
@@ -161,12 +215,13 @@ def test_empty_custom_sets_give_n_0_and_no_confusion_file(workspace: Path, tmp_p
     write_custom_sets(custom, workspace / "data" / "prepared", n=0)
     scores = evaluate.run("cnn", workspace / "models" / "cnn.keras", workspace / "data" / "prepared", custom,
                           EvaluateParams(), False, tmp_path / "cnn.json", tmp_path / "eval")
-    for set_name in ("custom", "custom_filtered"):
-        assert scores[set_name]["n"] == 0
-        assert scores[set_name]["accuracy"] is None and scores[set_name]["f1_macro"] is None
-    assert scores["test"]["n"] == 100 and not math.isnan(scores["test"]["accuracy"])
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())["sets"]
+    for set_name in evalsets.CUSTOM_SET_NAMES:
+        assert scores[set_name] == {"accuracy": None} and results[set_name]["n"] == 0
+        assert results[set_name]["f1_macro"] is None
+    assert results["test"]["n"] == 100 and not math.isnan(scores["test"]["accuracy"])
     assert sorted(p.name for p in (tmp_path / "eval" / "confusion").iterdir()) == ["test.csv"]
-    assert json.loads((tmp_path / "cnn.json").read_text())["custom"]["n"] == 0
+    assert json.loads((tmp_path / "cnn.json").read_text())["custom"] == {"accuracy": None}
 
 
 def test_stage_refuses_a_bad_params_value_in_one_line(workspace: Path, tmp_path: Path) -> None:

@@ -3,8 +3,11 @@ non-chief writes, and real two-worker runs of the train stage over loopback.
 
 The loopback tests start two ``python -m cifar_dvc.training.distribute`` processes (the
 ``cifar-dvc-worker`` command) on 127.0.0.1 with free ports, each in its own folder as if on its own
-machine, on a small synthetic set made by the project's own code. Every process runs in its own
-session and is killed (the whole group) when the test ends, whatever happens.
+machine, on a small synthetic set made by the project's own code (``tests/synthetic_sets.py``). One
+2-worker run of `fast` serves both loopback tests (the chief's outputs, the accuracy against a
+single-process run, and the repeatability against a second 2-worker run): the cost of a run is
+mostly each process importing TensorFlow and tracing the model, not the training steps. Every
+process runs in its own session and is killed (the whole group) when its run ends, whatever happens.
 """
 
 from __future__ import annotations
@@ -25,21 +28,20 @@ import pytest
 import yaml
 
 from cifar_dvc import artifacts
-from cifar_dvc.datasets import synthetic
-from cifar_dvc.datasets.params import PrepareParams, SyntheticParams
-from cifar_dvc.datasets.split import prepare_dir
+from cifar_dvc.datasets.params import SyntheticParams
 from cifar_dvc.errors import UserError
 from cifar_dvc.training import distribute
+from tests.synthetic_sets import write_prepared
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_TIMEOUT = 150  # seconds for one run of the workers; a hung collective must not hang the suite
+# Seconds for one run of the workers (about 40 CPU seconds for the two): a hung collective must not
+# hang the suite, and a machine loaded 5x over must not fail it.
+RUN_TIMEOUT = 300
 # 16x16 letters, 10 classes, 1,800 training images: `fast` (BatchNorm, global pooling) is well above
 # chance after one epoch (51 steps of 32), which the seed models (no normalization) are not on this set.
 DATA = SyntheticParams(num_classes=10, train_per_class=200, test_per_class=20, image_size=16)
 FAST = {"model": "fast", "model_args": {"width": 8, "stem": "conv", "stem_width": 16}, "epochs": 1,
         "batch_size": 32, "checkpoint": "last", "optimizer": {"name": "adam", "learning_rate": 0.005}}
-CNN = {"model": "cnn", "model_args": {"filters": 8}, "epochs": 1, "batch_size": 32,
-       "optimizer": {"name": "adam", "learning_rate": 0.003}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,14 +137,7 @@ def test_worker_command_builds_tf_config_and_rejects_bad_arguments() -> None:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``data/prepared`` of the 16x16 synthetic set (1,620 train, 180 val, 200 test)."""
-    root = tmp_path_factory.mktemp("mw-data")
-    train, test, classes = synthetic.generate(DATA, seed=7)
-    artifacts.save_split(root / "interim" / "train.npz", *train)
-    artifacts.save_split(root / "interim" / "test.npz", *test)
-    artifacts.save_meta(root / "interim", artifacts.Meta("synthetic", classes, train[0].shape[1:]))
-    prepare_dir(root / "interim", root / "prepared", PrepareParams(normalize="scale", validation=0.1),
-                train_subset=None, seed=7)
-    return root / "prepared"
+    return write_prepared(tmp_path_factory.mktemp("mw-data"), DATA, seed=7)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -242,52 +237,70 @@ def _test_accuracy(model_path: Path, prepared: Path) -> float:
     return float(np.mean(np.argmax(probs, -1) == test.y))
 
 
+@pytest.fixture(scope="module")
+def fast_pair(tmp_path_factory: pytest.TempPathFactory, prepared: Path) -> dict:
+    """One 2-worker run of `fast` on loopback, shared by the two tests below: the chief's folder,
+    the worker's, their temporary folder, and the run's wall time (process start-up included)."""
+    folder = tmp_path_factory.mktemp("mw-pair")
+    workers = Cluster()
+    try:
+        started = time.perf_counter()
+        _start_pair(workers, prepared, _params(folder, FAST), folder / "run")
+        workers.wait(RUN_TIMEOUT)
+        seconds = time.perf_counter() - started
+    finally:
+        workers.kill()
+    run = folder / "run"
+    return {"chief": run / "chief", "worker": run / "worker", "tmp": run / "tmp", "seconds": seconds}
+
+
 @pytest.mark.slow
-def test_two_workers_on_loopback_match_one_process(tmp_path: Path, prepared: Path, cluster: Cluster) -> None:
+def test_two_workers_on_loopback_match_one_process(
+        tmp_path: Path, prepared: Path, fast_pair: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two workers train `fast` for one epoch; only the chief writes; its model loads, evaluates
     and is within 0.15 test accuracy of a single-process run of the same variant and seed."""
-    params = _params(tmp_path, FAST)
-    started = time.perf_counter()
-    _start_pair(cluster, prepared, params, tmp_path / "two")
-    cluster.wait(RUN_TIMEOUT)
-    two_seconds = time.perf_counter() - started
-
-    chief, worker = tmp_path / "two" / "chief", tmp_path / "two" / "worker"
+    chief, worker = fast_pair["chief"], fast_pair["worker"]
     assert {"models/tiny.keras", "models/tiny.json", "dvclive/tiny/metrics.json"} <= _files(chief)
     assert _files(worker) == set(), "a non-chief must leave nothing in its project folder"
-    assert list((tmp_path / "two" / "tmp").iterdir()) == [], "nor in its temporary folder"
+    assert list(fast_pair["tmp"].iterdir()) == [], "nor in its temporary folder"
     sidecar = json.loads((chief / "models" / "tiny.json").read_text())
     assert sidecar["training"]["epochs_run"] == 1 and sidecar["training"]["batch_size"] == 32
 
-    started = time.perf_counter()
+    # The single-process run is the stage itself in this process: TensorFlow is imported here
+    # anyway (to evaluate), and a second interpreter would spend ~8 CPU seconds importing it again.
+    from stages import train as train_stage
+
     single = tmp_path / "one"
     single.mkdir()
-    subprocess.run([sys.executable, "-m", "stages.train", *_stage_args(prepared, params)], cwd=single,
-                   env=_env(tmp_path), capture_output=True, timeout=RUN_TIMEOUT, check=True)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.chdir(single)
+    started = time.perf_counter()
+    train_stage.main(_stage_args(prepared, _params(tmp_path, FAST)))
     one_seconds = time.perf_counter() - started
 
     two_acc = _test_accuracy(chief / "models" / "tiny.keras", prepared)
     one_acc = _test_accuracy(single / "models" / "tiny.keras", prepared)
-    print(f"\nloopback: 2 workers test accuracy {two_acc:.3f} in {two_seconds:.1f} s (wall, both "
-          f"processes), 1 process {one_acc:.3f} in {one_seconds:.1f} s")
+    print(f"\nloopback: 2 workers test accuracy {two_acc:.3f} in {fast_pair['seconds']:.1f} s (wall, "
+          f"both processes, start-up included), 1 process {one_acc:.3f} in {one_seconds:.1f} s (the "
+          "stage in the test's process, TensorFlow already imported)")
     assert two_acc >= 0.5 and one_acc >= 0.5, (two_acc, one_acc)  # chance is 0.1
     assert abs(two_acc - one_acc) <= 0.15, (two_acc, one_acc)
 
 
 @pytest.mark.slow
 def test_two_worker_runs_with_the_same_seed_are_identical(
-        tmp_path: Path, prepared: Path, cluster: Cluster) -> None:
-    """The seed makes a 2-worker run repeatable: two clusters at once, the chiefs' models are equal."""
+        tmp_path: Path, prepared: Path, fast_pair: dict, cluster: Cluster) -> None:
+    """The seed makes a 2-worker run repeatable: a second cluster's chief has the same weights,
+    bit for bit, and the same logged metrics as the first's."""
     import keras
 
-    params = _params(tmp_path, CNN)
-    for run in ("a", "b"):
-        _start_pair(cluster, prepared, params, tmp_path / run)
+    import cifar_dvc.models  # noqa: F401  (registers the custom layers)
+
+    _start_pair(cluster, prepared, _params(tmp_path, FAST), tmp_path / "again")
     cluster.wait(RUN_TIMEOUT)
-    weights = [keras.models.load_model(tmp_path / run / "chief" / "models" / "tiny.keras").get_weights()
-               for run in ("a", "b")]
+    chiefs = (fast_pair["chief"], tmp_path / "again" / "chief")
+    weights = [keras.models.load_model(chief / "models" / "tiny.keras").get_weights() for chief in chiefs]
     for a, b in zip(*weights, strict=True):
         np.testing.assert_array_equal(a, b)
-    logs = [yaml.safe_load((tmp_path / run / "chief" / "dvclive" / "tiny" / "metrics.json").read_text())
-            for run in ("a", "b")]
+    logs = [json.loads((chief / "dvclive" / "tiny" / "metrics.json").read_text()) for chief in chiefs]
     assert logs[0] == logs[1]

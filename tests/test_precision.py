@@ -85,7 +85,7 @@ def test_every_precision_builds_and_trains_a_step(name: str, prepared_dir: Path)
     if policy == "mixed_float16":  # float16 gradients underflow without loss scaling
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     before = [w.numpy().copy() for w in model.trainable_weights]
-    ds = make_dataset(split.x[:16], split.y[:16], meta.num_classes, stats, batch_size=16, shuffle=False,
+    ds = make_dataset(split.x[:16], split.extra["y_onehot"][:16], stats, batch_size=16, shuffle=False,
                       seed=0)
     history = model.fit(ds, epochs=1, verbose=0)
     assert math.isfinite(history.history["loss"][0])

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cifar_dvc import evalsets
 from cifar_dvc.demo import copy_project, run_dvc
 from tests.evaluation_workspace import VARIANTS, evaluated_workspace
 
@@ -58,7 +59,7 @@ def test_metrics_diff_shows_only_the_variant_whose_param_changed(repo: Path) -> 
     assert set(diff) == {"metrics/mlp.json"}
     changed = diff["metrics/mlp.json"]
     assert "test.loss" in changed and changed["test.loss"]["old"] != changed["test.loss"]["new"]
-    assert all(key.split(".")[0] in {"validation", "test", "custom", "custom_filtered", "custom_sweep"}
+    assert all(key.split(".")[0] in {*evalsets.SET_NAMES, *evalsets.adapted_sets(), "corruptions"}
                for key in changed)
     shown = run_dvc(repo, "metrics", "show", "--json").stdout
     assert "metrics/cnn.json" in shown and "metrics/mlp.json" in shown

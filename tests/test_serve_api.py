@@ -446,8 +446,9 @@ def test_command_line_refuses_a_missing_model(tmp_path: Path, capsys: pytest.Cap
     assert err.startswith("error: ") and "none.keras" in err and "Traceback" not in err
 
 
-def test_command_line_serves_the_model_with_its_options(tiny_model: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+@contextlib.contextmanager
+def command_line_server(argv: list[str]) -> Iterator[int]:
+    """Run ``cifar-dvc-serve`` with ``argv`` (``--port 0``) in a thread; yields the port it bound."""
     servers: list = []
     make_server = serve_app.make_server
 
@@ -455,9 +456,6 @@ def test_command_line_serves_the_model_with_its_options(tiny_model: Path,
         servers.append(make_server(*args, **kwargs))  # type: ignore[arg-type]
         return servers[-1]
 
-    monkeypatch.setattr(serve_app, "make_server", recording)
-    argv = ["--model", str(tiny_model), "--port", "0", "--threads", "2", "--blur-divisor", "50",
-            "--square", "pad", "--max-upload-mb", "0.5"]
     stopping = threading.Event()
 
     def run() -> None:
@@ -467,23 +465,39 @@ def test_command_line_serves_the_model_with_its_options(tiny_model: Path,
             if not stopping.is_set():
                 raise
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not servers and time.monotonic() < deadline:
-        time.sleep(0.05)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(serve_app, "make_server", recording)
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not servers and time.monotonic() < deadline:
+            time.sleep(0.05)
     assert servers, "cifar-dvc-serve did not start"
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", servers[0].effective_port, timeout=10)
-        conn.request("GET", "/api/model")
-        info = json.loads(conn.getresponse().read())
-        conn.close()
-        assert info["model"] == "tiny" and info["max_upload_bytes"] == 512 * 1024
-        assert info["preprocessing"] == {"square": "pad", "resample": "lanczos", "blur_divisor": 50.0}
+        yield servers[0].effective_port
     finally:
         stopping.set()
         servers[0].close()
         thread.join(timeout=5)
+
+
+def get_json(port: int, path: str) -> dict:
+    """GET ``path`` from a server on loopback ``port`` as JSON."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def test_command_line_serves_the_model_with_its_options(tiny_model: Path) -> None:
+    argv = ["--model", str(tiny_model), "--port", "0", "--threads", "2", "--blur-divisor", "50",
+            "--square", "pad", "--max-upload-mb", "0.5"]
+    with command_line_server(argv) as port:
+        info = get_json(port, "/api/model")
+    assert info["model"] == "tiny" and info["max_upload_bytes"] == 512 * 1024
+    assert info["preprocessing"] == {"square": "pad", "resample": "lanczos", "blur_divisor": 50.0}
 
 
 def test_command_line_preprocessing_follows_params_then_flags(tmp_path: Path) -> None:

@@ -8,11 +8,12 @@ import pytest
 import tensorflow as tf
 
 from cifar_dvc import config
+from cifar_dvc.datasets.split import one_hot
 from cifar_dvc.errors import ParamsError
 from cifar_dvc.normalization import NormStats, normalize
 from cifar_dvc.training import optim
 from cifar_dvc.training.augment import ChannelShift, Cutout, RandomPadCrop, build_augmenter
-from cifar_dvc.training.data import group_for, make_dataset, tta_accuracy, tta_views
+from cifar_dvc.training.data import group_for, make_dataset
 from cifar_dvc.training.loop import fit_verbosity, select_strategy
 from cifar_dvc.training.variant import (
     AugmentParams,
@@ -139,7 +140,7 @@ def test_build_augmenter_layers() -> None:
 def test_dataset_normalizes_and_shuffles_exactly() -> None:
     x = _images(20)
     y = np.arange(20) % 10
-    ds = make_dataset(x, y, 10, STATS, batch_size=8, shuffle=True, seed=4)
+    ds = make_dataset(x, one_hot(y, 10), STATS, batch_size=8, shuffle=True, seed=4)
     assert ds.element_spec[0].dtype == tf.float32 and ds.element_spec[1].dtype == tf.float32
     epochs = []
     for _ in range(2):
@@ -153,21 +154,21 @@ def test_dataset_normalizes_and_shuffles_exactly() -> None:
         np.testing.assert_array_equal(labels, y[order])
         epochs.append(order)
     assert epochs[0] != epochs[1]  # reshuffled each epoch
-    plain = make_dataset(x, y, 10, STATS, batch_size=8, shuffle=False, seed=4)
+    plain = make_dataset(x, one_hot(y, 10), STATS, batch_size=8, shuffle=False, seed=4)
     np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in plain]), normalize(x, STATS))
 
 
 def test_grouped_gathering_gives_the_same_batches_in_the_same_order() -> None:
     x, y = _images(37), np.arange(37) % 10
-    plain = list(make_dataset(x, y, 10, STATS, batch_size=4, shuffle=True, seed=2))
-    grouped = list(make_dataset(x, y, 10, STATS, batch_size=4, shuffle=True, seed=2, group=3))
+    plain = list(make_dataset(x, one_hot(y, 10), STATS, batch_size=4, shuffle=True, seed=2))
+    grouped = list(make_dataset(x, one_hot(y, 10), STATS, batch_size=4, shuffle=True, seed=2, group=3))
     assert [len(b[0]) for b in grouped] == [4] * 9 + [1]
     for (xa, ya), (xb, yb) in zip(plain, grouped, strict=True):
         np.testing.assert_array_equal(xa.numpy(), xb.numpy())
         np.testing.assert_array_equal(ya.numpy(), yb.numpy())
     assert [group_for(b) for b in (32, 64, 100, 512, 1024)] == [16, 8, 5, 1, 1]
     with pytest.raises(ValueError, match="group"):
-        make_dataset(x, y, 10, STATS, batch_size=4, shuffle=False, seed=0, group=0)
+        make_dataset(x, one_hot(y, 10), STATS, batch_size=4, shuffle=False, seed=0, group=0)
 
 
 def test_dataset_augments_training_batches_only_and_repeatably() -> None:
@@ -176,7 +177,7 @@ def test_dataset_augments_training_batches_only_and_repeatably() -> None:
 
     def batches(augment: bool) -> list[np.ndarray]:
         aug = build_augmenter(params, seed=5) if augment else None
-        ds = make_dataset(x, y, 10, STATS, batch_size=16, shuffle=False, seed=5, augmenter=aug)
+        ds = make_dataset(x, one_hot(y, 10), STATS, batch_size=16, shuffle=False, seed=5, augmenter=aug)
         return [b[0].numpy() for _ in range(2) for b in ds]
 
     first, again = batches(True), batches(True)
@@ -188,23 +189,7 @@ def test_dataset_augments_training_batches_only_and_repeatably() -> None:
 
 def test_dataset_rejects_float_images() -> None:
     with pytest.raises(ValueError, match="uint8"):
-        make_dataset(np.zeros((2, 32, 32, 3)), np.zeros(2), 10, STATS, 2, False, 0)
-
-
-def test_mirror_tta_accuracy() -> None:
-    """A model that only sees the left half: TTA averages it with the mirrored view."""
-    inputs = keras.Input((4, 4, 1))
-    left = keras.layers.Lambda(lambda t: keras.ops.mean(t[:, :, :2, :], axis=(1, 2, 3)))(inputs)
-    outputs = keras.layers.Lambda(lambda v: keras.ops.stack([v, 1 - v], axis=-1))(left)
-    model = keras.Model(inputs, outputs)
-    x = np.zeros((2, 4, 4, 1), np.float32)
-    x[0, :, :2] = 0.8  # left bright: plain 0.8 vs 0.2 -> class 0; TTA (0.8 + 0.0) / 2 = 0.4 -> class 1
-    x[1, :, 2:] = 0.9  # right bright: plain 0.0 -> class 1; TTA 0.45 -> class 1
-    labels = np.eye(2, dtype=np.float32)[[1, 1]]
-    ds = tf.data.Dataset.from_tensor_slices((x, labels)).batch(2)
-    assert tta_accuracy(model, ds, level=1) == 1.0
-    assert tta_accuracy(model, ds, level=0) == 0.5
-    assert float(np.mean(model.predict(x, verbose=0).argmax(1) == 1)) == 0.5
+        make_dataset(np.zeros((2, 32, 32, 3)), np.zeros((2, 10), np.float32), STATS, 2, False, 0)
 
 
 # --- optimizers and schedules -----------------------------------------------------------------
@@ -250,19 +235,3 @@ def test_optimizers(name: str, cls: str) -> None:
         np.ones(2, np.float32), name="bias")
     opt.apply_gradients([(np.zeros(2, np.float32), kernel), (np.zeros(2, np.float32), bias)])
     assert np.all(keras.ops.convert_to_numpy(kernel) < 1) and np.all(keras.ops.convert_to_numpy(bias) == 1)
-
-
-def test_tta_level_2_views_are_mirrors_of_one_pixel_shifts_with_weights_summing_to_1() -> None:
-    images = tf.reshape(tf.range(2 * 5 * 5 * 1, dtype=tf.float32), (2, 5, 5, 1))
-    views = tta_views(images, 2)
-    assert len(views) == 6
-    assert sum(w for w, _ in views) == pytest.approx(1.0)
-    x = images.numpy()
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-    expected = [x, padded[:, :5, :5], padded[:, 2:, 2:]]
-    for i, plain in enumerate(expected):
-        np.testing.assert_array_equal(views[2 * i][1].numpy(), plain)
-        np.testing.assert_array_equal(views[2 * i + 1][1].numpy(), plain[:, :, ::-1])
-    assert [w for w, _ in tta_views(images, 1)] == [0.5, 0.5]
-    with pytest.raises(ValueError, match="0, 1 or 2"):
-        tta_views(images, 3)

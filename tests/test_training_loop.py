@@ -44,7 +44,7 @@ def test_one_training_step_of_every_variant(name: str, prepared_dir: Path) -> No
                                  meta.num_classes, stats, steps_per_epoch=1, epochs=variant.epochs)
     model.run_eagerly = True  # one step: tracing a graph would cost more than the step itself
     before = [w.numpy().copy() for w in model.trainable_weights]
-    ds = make_dataset(split.x[:8], split.y[:8], meta.num_classes, stats, batch_size=8, shuffle=True, seed=0,
+    ds = make_dataset(split.x[:8], split.extra["y_onehot"][:8], stats, batch_size=8, shuffle=True, seed=0,
                       augmenter=build_augmenter(variant.augment, 0))
     history = model.fit(ds, epochs=1, verbose=0, shuffle=False)
     assert math.isfinite(history.history["loss"][0])
@@ -125,6 +125,14 @@ def test_fast_variant_saves_its_whitening_stem_set_from_the_training_images(tmp_
     result = _run(tmp_path, prepared_dir, variant)
     assert len(result.history["val_tta_accuracy"]) == 1
     model = keras.models.load_model(tmp_path / "models" / "tiny.keras")
+    # Validation with TTA is evaluate's level-2 prediction (one epoch: the saved model is the validated one),
+    # and the sidecar records the level for the web demo.
+    from tests.test_inference import reference_probs
+
+    val, stats = artifacts.load_split(prepared_dir / "val.npz"), load_stats(prepared_dir / STATS_FILE)
+    expected = float(np.mean(reference_probs(model, val.x, stats, 2, batch_size=64).argmax(axis=1) == val.y))
+    assert result.history["val_tta_accuracy"][0] == pytest.approx(expected, abs=1e-9)
+    assert load_info(tmp_path / "models" / "tiny.keras").tta == 2
     assert type(model.optimizer).__name__ == "NormBiasScaledSGD" and model.optimizer.norm_bias_lr_scale == 64
     train = artifacts.load_split(prepared_dir / "train.npz")
     expected = whitening_kernel(normalize(train.x[:5000], load_stats(prepared_dir / STATS_FILE)))

@@ -3,9 +3,11 @@
 ``prepare_dataset`` turns the ingested train/test splits (``data/interim``) into the prepared
 train/val/test splits (``data/prepared``): an optional stratified subset of the training data
 (``data.train_subset``), a stratified validation split (``prepare.validation`` a fraction, or
-``test`` to validate on the test set as the seeds did), one-hot float32 labels, and the
-normalization statistics of the final training split (``cifar_dvc.normalization``). Images stay
-uint8: models normalize on the fly with the saved statistics, so no float copy of the data exists.
+``test`` to validate on the test set as the seeds did), one-hot float32 labels (``y_onehot``, the
+labels training reads, checked by ``cifar_dvc.artifacts.onehot_labels``; evaluation keeps the
+integer ``y`` for its metrics), and the normalization statistics of the final training split
+(``cifar_dvc.normalization``). Images stay uint8: models normalize on the fly with the saved
+statistics, so no float copy of the data exists.
 
 Reads and writes the directories it is given (``write_prepared``). Run by ``stages/prepare.py``.
 """

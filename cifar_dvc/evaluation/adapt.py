@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from cifar_dvc.normalization import NormStats, normalize
+from cifar_dvc.inference import model_input
+from cifar_dvc.normalization import NormStats
 
 
 def batchnorm_layers(model: Any) -> list[Any]:
@@ -103,7 +104,7 @@ class BatchNormAdapter:
             for i, layer in enumerate(self.layers):
                 layer.call = _collecting_call(layer, sums[i])
             for start in range(0, len(x), chunk):
-                self.model(normalize(x[start:start + chunk], stats), training=False)
+                self.model(model_input(x[start:start + chunk], stats), training=False)
         finally:
             for layer, original in zip(self.layers, originals, strict=True):
                 del layer.call  # back to the class's own call

@@ -1,9 +1,17 @@
 """Evaluate one trained variant on every set: validation, test, the custom sets and the blur sweep.
 
-For each set the model's probabilities come from one compiled, batched ``model.predict`` over a
-``tf.data`` pipeline that normalizes the uint8 images on the fly (with the statistics stored in
-the model's sidecar, i.e. exactly those it was trained with); with test-time augmentation
-(``variants.<name>.tta``: 1 mirror, 2 mirror and shifts) the views' probabilities are averaged.
+The sets, their files and names come from ``cifar_dvc.evalsets``: validation and test from
+``data/prepared``, the custom photos from ``data/custom_sets`` in the main resize
+(``custom``, ``custom_filtered``) and, when the custom stage made them, in seed 004's
+nearest-neighbour resize (``custom_nearest``, ``custom_nearest_filtered``), and every blur-sweep
+set found there (``sweep_<d>``, ``sweep_nearest_<d>``). The metrics score each set's integer labels
+``y``; the prepared splits' one-hot ``y_onehot`` is for training only.
+
+For each set the model's probabilities come from ``cifar_dvc.inference.predict``: one compiled,
+batched ``model.predict`` over a ``tf.data`` pipeline that normalizes the uint8 images on the fly
+(with the statistics stored in the model's sidecar, i.e. exactly those it was trained with); with
+test-time augmentation (``variants.<name>.tta``, ``cifar_dvc.inference.TTA_LEVELS``) the views'
+probabilities are averaged.
 
 Robustness (issue 18), both off-able in ``params.yaml``:
 
@@ -19,18 +27,19 @@ Robustness (issue 18), both off-able in ``params.yaml``:
 
 Writes (through ``write_outputs``):
 
-- ``metrics/<name>.json``: scalars only, diff-friendly (``dvc metrics diff``): ``validation``,
-  ``test``, ``custom``, ``custom_filtered`` and ``custom_sweep.<divisor>``, each with ``n``,
-  ``accuracy``, ``loss``, ``f1_macro``, ``ece`` (and ``top5_accuracy`` for more than 5 classes);
-  an empty set has ``n: 0`` and nulls. With ``adapt_bn``: ``custom_adapted`` and
-  ``custom_filtered_adapted``, each ``{accuracy}`` alone; with corruptions: ``corruptions``
-  ``{accuracy, accuracy_adapted}``, the mean over corruptions and severities 1..3 (one number
-  each, so ``dvc metrics diff`` stays readable; the rest is in ``eval/<name>/``).
-- ``eval/<name>/results.json``: the same plus per-class precision, recall, F1, support, the
-  confusion matrix and the calibration table of each set.
+- ``metrics/<name>.json``: what a reader compares across branches, small enough for
+  ``dvc metrics show`` in a terminal: ``{set: {accuracy}}`` for every set of the table, test also
+  with ``loss``, ``f1_macro`` and ``ece`` (``SetSpec.metrics``); an empty set has nulls. With
+  ``adapt_bn``: ``custom_adapted`` and ``custom_filtered_adapted`` ``{accuracy}``; with
+  corruptions: ``corruptions`` ``{accuracy, accuracy_adapted}``, the mean over corruptions and
+  severities 1..3. The blur sweep is a curve: it is in ``eval/<name>/`` and the report's
+  ``blur.csv`` (``dvc plots diff``), not here.
+- ``eval/<name>/results.json``: every set (the sweep too) with ``n``, ``accuracy``, ``loss``,
+  ``f1_macro``, ``ece`` (and ``top5_accuracy`` for more than 5 classes), per-class precision,
+  recall, F1, support, the confusion matrix and the calibration table.
 - ``eval/<name>/predictions/<set>.npz``: ``probs`` (float32), ``y`` (and ``files`` for photos).
 - ``eval/<name>/confusion/<set>.csv``: ``actual,predicted`` class names, one row per image, the
-  input of DVC's ``confusion`` template (test and the custom sets; omitted when a set is empty).
+  input of DVC's ``confusion`` template (the sets with ``SetSpec.confusion``; omitted when empty).
 - ``eval/<name>/corruptions.csv``: ``corruption,severity,n,accuracy,accuracy_adapted``, one row
   per corruption and severity and a ``none,0`` row for the clean subset (only the header when
   the suite is off); the same table, the subset size and seed under ``corruptions`` in results.json.
@@ -43,25 +52,17 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cifar_dvc import artifacts, atomic, inference, modelinfo
+from cifar_dvc import artifacts, atomic, evalsets, inference, modelinfo
 from cifar_dvc.errors import DataError
 from cifar_dvc.evaluation import adapt, corruptions, metrics
 from cifar_dvc.evaluation.params import EvaluateParams
-from cifar_dvc.normalization import NormStats, normalize
 
-# Set name in the metrics -> file of data/prepared (validation, test) or data/custom_sets.
-PREPARED_SETS = {"validation": "val.npz", "test": "test.npz"}
-CUSTOM_SETS = {"custom": "unfiltered.npz", "custom_filtered": "filtered.npz"}
-CONFUSION_SETS = ("test", "custom", "custom_filtered")  # DVC confusion plots (validation: in results.json)
-SWEEP_FILE = re.compile(r"^sweep_(?P<divisor>[0-9.]+)\.npz$")
 DECIMALS = 6  # rounding of the scalars in metrics/<name>.json: stable diffs, no float noise
-ADAPTED = "_adapted"  # suffix of a custom set evaluated with BatchNorm adaptation
 CLEAN = "none"  # corruption name of the clean subset (severity 0) in the corruption table
 CORRUPTION_COLUMNS = ("corruption", "severity", "n", "accuracy", "accuracy_adapted")
 
@@ -70,69 +71,30 @@ CORRUPTION_COLUMNS = ("corruption", "severity", "n", "accuracy", "accuracy_adapt
 class EvalSet:
     """One set to evaluate: uint8 images, labels, and photo file names when there are any."""
 
-    name: str  # validation, test, custom, custom_filtered or sweep_<divisor>
+    name: str  # a set of cifar_dvc.evalsets.SETS or a sweep set (evalsets.sweep_name)
     x: np.ndarray
     y: np.ndarray
     files: np.ndarray | None = None
 
 
 def load_sets(prepared: Path | str, custom: Path | str) -> list[EvalSet]:
-    """Every set of ``data/prepared`` and ``data/custom_sets``, the blur sweep in divisor order."""
-    prepared, custom = Path(prepared), Path(custom)
-    sets = []
-    for name, file in PREPARED_SETS.items():
-        split = artifacts.load_split(prepared / file)
-        sets.append(EvalSet(name, split.x, split.y))
+    """Every set of ``evalsets.SETS`` that exists (the optional ones may not), then the blur sweep
+    of ``data/custom_sets`` by resize and divisor."""
+    folders = {evalsets.PREPARED: Path(prepared), evalsets.CUSTOM: Path(custom)}
+    named = [(spec.name, folders[spec.folder] / spec.file) for spec in evalsets.SETS
+             if spec.required or (folders[spec.folder] / spec.file).is_file()]
     sweep = []
-    if custom.is_dir():
-        for path in custom.iterdir():
-            match = SWEEP_FILE.match(path.name)
-            if match:
-                sweep.append((float(match["divisor"]), path))
-    named = [(name, custom / file) for name, file in CUSTOM_SETS.items()]
-    named += [(path.stem, path) for _, path in sorted(sweep)]
+    if folders[evalsets.CUSTOM].is_dir():
+        for path in folders[evalsets.CUSTOM].glob("*.npz"):
+            parsed = evalsets.parse_sweep(path.stem)
+            if parsed is not None:
+                sweep.append((evalsets.RESIZES.index(parsed[0]), parsed[1], path))
+    named += [(path.stem, path) for _, _, path in sorted(sweep)]
+    sets = []
     for name, path in named:
         split = artifacts.load_split(path)
         sets.append(EvalSet(name, split.x, split.y, split.extra.get("files")))
     return sets
-
-
-def load_model(path: Path | str) -> Any:
-    """The saved Keras model (the project's custom layers registered first), uncompiled."""
-    import keras
-
-    import cifar_dvc.models  # noqa: F401  (registers the custom layers used by saved models)
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: model not found; it is written by `dvc repro train@<name>`")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a loadable Keras model ({exc})") from None
-
-
-def predict(model: Any, x: np.ndarray, stats: NormStats, batch_size: int, tta: int = 0) -> np.ndarray:
-    """Class probabilities (N x K float32) of uint8 images ``x``, batched, normalized on the fly.
-
-    ``tta`` is the test-time augmentation level of ``cifar_dvc.training.data.tta_views``
-    (0 none, 1 image + mirror, 2 also mirrored 1-pixel shifts): the views' probabilities are averaged.
-    """
-    import tensorflow as tf
-
-    from cifar_dvc.training.data import tta_views, tta_weights
-
-    def pipeline(view: int) -> Any:
-        data = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
-
-        def prepare(batch: Any) -> Any:
-            return tta_views(normalize(tf.cast(batch, tf.float32), stats), tta)[view][1]
-
-        return data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-    weights = tta_weights(tta)
-    probs = sum(w * model.predict(pipeline(i), verbose=0) for i, w in enumerate(weights))
-    return np.asarray(probs, np.float32)
 
 
 def evaluate_sets(model: Any, info: modelinfo.ModelInfo, sets: list[EvalSet], params: EvaluateParams,
@@ -147,7 +109,7 @@ def evaluate_sets(model: Any, info: modelinfo.ModelInfo, sets: list[EvalSet], pa
         if len(item.y) and (item.y.min() < 0 or item.y.max() >= num_classes):
             raise DataError(f"{item.name}: labels outside 0..{num_classes - 1} of the model's classes")
         if len(item.y):
-            probs = predict(model, item.x, info.normalization, params.batch_size, tta)
+            probs = inference.predict(model, info, item.x, tta, batch_size=params.batch_size)
         else:
             probs = np.zeros((0, num_classes), np.float32)
         if probs.shape[1:] != (num_classes,):
@@ -185,19 +147,19 @@ def make_adapter(model: Any, params: EvaluateParams) -> adapt.BatchNormAdapter |
 
 def evaluate_adapted(adapter: adapt.BatchNormAdapter, info: modelinfo.ModelInfo, sets: list[EvalSet],
                      params: EvaluateParams, tta: int) -> dict[str, dict[str, Any]]:
-    """``custom_adapted`` and ``custom_filtered_adapted``: each custom set, statistics re-estimated on it.
+    """``custom_adapted``, ``custom_filtered_adapted`` (``SetSpec.adapt``): statistics re-estimated on each.
 
     Adapted on the set's own images (the un-augmented ones; the TTA views are then predicted by
     the adapted copy). An empty set stays empty (``n: 0``, nulls).
     """
     out = {}
     for item in sets:
-        if item.name not in CUSTOM_SETS:
+        if item.name not in evalsets.BY_NAME or not evalsets.BY_NAME[item.name].adapt:
             continue
         model = adapter.reset()
         if len(item.y):
             model = adapter.adapt(item.x, info.normalization, params.adapt_prior, params.batch_size)
-        renamed = EvalSet(item.name + ADAPTED, item.x, item.y, item.files)
+        renamed = EvalSet(evalsets.adapted_name(item.name), item.x, item.y, item.files)
         out.update(evaluate_sets(model, info, [renamed], params, tta))
     return out
 
@@ -217,7 +179,8 @@ def evaluate_corruptions(model: Any, adapter: adapt.BatchNormAdapter | None, inf
     stats = info.normalization
 
     def accuracy(net: Any, images: np.ndarray) -> float:
-        return float((predict(net, images, stats, params.batch_size).argmax(axis=1) == y).mean())
+        probs = inference.predict(net, info, images, 0, batch_size=params.batch_size)
+        return float((probs.argmax(axis=1) == y).mean())
 
     rows = []
     cases = [(CLEAN, 0)] + [(name, s) for name in params.corruptions for s in corruptions.SEVERITIES]
@@ -242,19 +205,16 @@ def corruptions_csv(rows: list[dict[str, Any]] | None) -> str:
 
 
 def metrics_json(results: dict[str, dict[str, Any]], robustness: Robustness | None = None) -> dict[str, Any]:
-    """The scalars of ``metrics/<name>.json``: one entry per set, the sweep under ``custom_sweep``;
-    the adapted custom sets' accuracy alone and the corruption means (see the module docstring)."""
+    """The scalars of ``metrics/<name>.json``: each table set's ``SetSpec.metrics``, the adapted
+    custom sets' accuracy, the corruption means; no sweep (see the module docstring)."""
     out: dict[str, Any] = {}
     for name, result in results.items():
-        scalars = {k: _round(v) for k, v in result["scalars"].items()}
-        if name.startswith("sweep_"):
-            out.setdefault("custom_sweep", {})[name.removeprefix("sweep_")] = scalars
-        elif name.endswith(ADAPTED):
-            out[name] = {"accuracy": scalars["accuracy"]}
-        else:
-            out[name] = scalars
+        if evalsets.adapted_of(name) is not None:
+            out[name] = {"accuracy": _round(result["scalars"]["accuracy"])}
+        elif name in evalsets.BY_NAME:
+            out[name] = {key: _round(result["scalars"][key]) for key in evalsets.BY_NAME[name].metrics}
     if robustness is not None and robustness.adapt_bn and not robustness.batchnorm:
-        out.update({name + ADAPTED: {"accuracy": None} for name in CUSTOM_SETS})  # no BatchNorm: null
+        out.update({name: {"accuracy": None} for name in evalsets.adapted_sets()})  # no BatchNorm: null
     if robustness is not None and robustness.rows is not None:
         out["corruptions"] = {"accuracy": _round(robustness.mean())}
         if robustness.adapt_bn:
@@ -312,7 +272,7 @@ def write_outputs(variant: str, info: modelinfo.ModelInfo, tta: int, results: di
             item: EvalSet = result["set"]
             extra = {} if item.files is None else {"files": item.files}
             atomic.save_npz(tmp / "predictions" / f"{name}.npz", probs=result["probs"], y=item.y, **extra)
-            if name in CONFUSION_SETS and len(item.y):
+            if name in evalsets.CONFUSION_SETS and len(item.y):
                 text = confusion_csv(item.y, result["probs"].argmax(axis=1), info.classes)
                 atomic.write_text(tmp / "confusion" / f"{name}.csv", text)
     atomic.write_json(metrics_path, metrics_json(results, robustness))
@@ -325,9 +285,8 @@ def run(variant: str, model_path: Path | str, prepared: Path | str, custom: Path
 
     ``seed`` (params.yaml's ``seed``) draws the corruption subset and the noise.
     """
-    info = modelinfo.load_info(model_path)
     sets = load_sets(prepared, custom)
-    model = inference.load_model(model_path)  # any corrupt .keras file: one DataError line
+    model, info = inference.load(model_path)  # a corrupt file or a sidecar of another model: one line
     results = evaluate_sets(model, info, sets, params, tta)
     robustness = evaluate_robustness(model, info, sets, params, tta, seed, results)
     write_outputs(variant, info, tta, results, metrics_path, out_dir, robustness)
@@ -342,7 +301,7 @@ def evaluate_robustness(model: Any, info: modelinfo.ModelInfo, sets: list[EvalSe
     if adapter is not None:
         results.update(evaluate_adapted(adapter, info, sets, params, tta))
     if params.corruptions:
-        test = next(item for item in sets if item.name == "test")
+        test = next(item for item in sets if item.name == evalsets.TEST)
         robustness.rows = evaluate_corruptions(model, adapter, info, test, params, seed)
         robustness.images, robustness.seed = robustness.rows[0]["n"], seed
     return robustness

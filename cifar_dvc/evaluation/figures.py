@@ -16,12 +16,14 @@ words instead of being left out, so the report always has the same files.
 - ``activation_grids``: 16 feature maps a layer tiled 2x8, a few layers stacked (004 appendix A)
 - ``weight_histograms``: histograms of each layer's weights (003)
 - ``occlusion_maps``: drop of the true-class probability under a sliding grey patch (004's future work)
-- ``blur_sweep``: custom-set accuracy against blur strength (beyond the seeds)
+- ``blur_sweep``: custom-set accuracy against blur strength, one line per variant and resize (issue 18)
 - ``reliability_diagram``: accuracy against confidence, with the ECE (beyond the seeds)
 - ``corruption_curves``: accuracy against corruption severity, with and without BatchNorm
   adaptation (issue 18)
 
-Reads nothing, writes only the PNG paths it is given. Called by ``python -m stages.report``.
+Reads nothing, writes only the PNG paths it is given. ``cifar_dvc.evaluation.report.FIGURES``
+binds each to its file and the pipeline data it draws (a new figure: a function here, an entry
+there); run by ``python -m stages.report``.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from cifar_dvc import atomic
+from cifar_dvc import atomic, evalsets, inference
 from cifar_dvc.evaluation import metrics
-from cifar_dvc.normalization import NormStats, normalize
+from cifar_dvc.normalization import NormStats
 
 DPI = 100
 TRAIN_STYLE, VALIDATION_STYLE = "-", "--"  # seed 000 fig. 1: continuous = training, dashed = validation
@@ -348,7 +350,7 @@ def activation_grids(model: Any, images: np.ndarray, stats: NormStats, path: Pat
         return note(path, title, f"{model.name} has no layers with 2-D feature maps" if not chosen
                     else "no input images")
     extractor = keras.Model(model.inputs[0], [layer.output for layer in chosen])
-    outputs = _forward(extractor, normalize(images, stats))
+    outputs = _forward(extractor, inference.model_input(images, stats))
     outputs = outputs if isinstance(outputs, list) else [outputs]
     half = filters // 2
     fig = _figure(1.0 * half * len(images) + 0.5, 2.1 * len(chosen) + 1.6)
@@ -401,7 +403,7 @@ def occlusion_map(model: Any, image: np.ndarray, label: int, stats: NormStats, p
     batch = np.repeat(image[None], len(positions) + 1, axis=0)
     for i, (r, c) in enumerate(positions, start=1):
         batch[i, r:r + patch, c:c + patch] = 128  # mid grey; batch[0] stays the original
-    probs = _forward(model, normalize(batch, stats), batch_size)
+    probs = _forward(model, inference.model_input(batch, stats), batch_size)
     drop = probs[0, label] - probs[1:, label]
     total = np.zeros((h, w), np.float32)
     covered = np.zeros((h, w), np.float32)
@@ -433,30 +435,59 @@ def occlusion_maps(model: Any, images: np.ndarray, y: np.ndarray, pred: np.ndarr
     return _save(fig, path)
 
 
-def blur_sweep(sweeps: dict[str, dict[float, float]], unfiltered: dict[str, float | None], path: Path | str,
-               title: str = "Custom-set accuracy against blur strength") -> Path:
-    """Accuracy on each ``sweep_<d>`` set against d (kernel s = round(w / d): small d = strong blur);
-    the unfiltered accuracy of each variant as a dotted line."""
-    if not any(sweeps.values()):
+def blur_sweep_lines(sweeps: dict[str, dict[str, dict[float, float]]],
+                     unfiltered: dict[str, dict[str, float | None]],
+                     resize_labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The lines of ``blur_sweep``: per variant and resize (main first) ``{variant, resize, label,
+    divisors, accuracy, unfiltered}``, the divisors ascending; ``unfiltered`` the photos without blur
+    (None when not measured)."""
+    labels = resize_labels or {}
+    lines = []
+    for variant, by_resize in sweeps.items():
+        for resize in evalsets.RESIZES:
+            points = by_resize.get(resize) or {}
+            if points:
+                divisors = sorted(points)
+                lines.append({"variant": variant, "resize": resize,
+                              "label": f"{variant}, {labels.get(resize, resize)}", "divisors": divisors,
+                              "accuracy": [points[d] for d in divisors],
+                              "unfiltered": (unfiltered.get(variant) or {}).get(resize)})
+    return lines
+
+
+def blur_sweep(sweeps: dict[str, dict[str, dict[float, float]]],
+               unfiltered: dict[str, dict[str, float | None]], path: Path | str,
+               title: str = "Custom-set accuracy against blur strength",
+               resize_labels: dict[str, str] | None = None) -> Path:
+    """Accuracy on each sweep set against d (kernel s = round(w / d): small d = strong blur):
+    ``sweeps[variant][resize][divisor]``, one colour per variant, solid for the main resize and
+    dashed for seed 004's nearest one. Each line ends at "none", the unfiltered photos
+    (``unfiltered[variant][resize]``): the limit d -> infinity, where s = round(w / d) is 0."""
+    labels = resize_labels or {}
+    lines = blur_sweep_lines(sweeps, unfiltered, labels)
+    if not lines:
         return note(path, title, "no blur sweep: custom.sweep_divisors is empty or the custom set is empty")
-    fig = _figure(7, 4.5)
+    divisors = sorted({d for line in lines for d in line["divisors"]})
+    none_x = divisors[-1] * 2  # "no blur" one step right of the weakest blur, on the log axis
+    styles = {evalsets.MAIN: "o-", evalsets.NEAREST: "s--"}
+    colors = dict(zip(sweeps, _colors(len(sweeps)), strict=True))
+    fig = _figure(7.5, 4.8)
     ax = fig.subplots()
-    for color, (variant, points) in zip(_colors(len(sweeps)), sweeps.items(), strict=True):
-        if not points:
-            continue
-        divisors = sorted(points)
-        ax.plot(divisors, [points[d] for d in divisors], "o-", color=color, label=variant)
-        if unfiltered.get(variant) is not None:
-            ax.axhline(unfiltered[variant], color=color, linestyle=":", linewidth=1)
+    for line in lines:
+        xs, ys = line["divisors"], line["accuracy"]
+        if line["unfiltered"] is not None:
+            xs, ys = [*xs, none_x], [*ys, line["unfiltered"]]
+        ax.plot(xs, ys, styles[line["resize"]], color=colors[line["variant"]], label=line["label"])
     ax.set_xscale("log")
-    divisors = sorted({d for points in sweeps.values() for d in points})
-    ax.set_xticks(divisors, [f"{d:g}" for d in divisors])  # the divisors themselves, not powers of 10
+    # ticks at the divisors themselves, not at powers of 10
+    ax.set_xticks([*divisors, none_x], [*(f"{d:g}" for d in divisors), "none"])
     ax.minorticks_off()
-    ax.set_xlabel("blur divisor d (kernel s = round(w / d); smaller d = stronger blur)")
+    ax.set_xlabel("blur divisor d (kernel s = round(w / d); smaller d = stronger blur; none = unfiltered)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{title}\n(dotted: unfiltered photos)")
+    main, nearest = labels.get(evalsets.MAIN, evalsets.MAIN), labels.get(evalsets.NEAREST, evalsets.NEAREST)
+    ax.set_title(f"{title}\n(solid: {main} resize; dashed: {nearest} resize, seed 004's)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=2 if len(sweeps) > 4 else 1)
     return _save(fig, path)
 
 

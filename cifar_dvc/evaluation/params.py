@@ -13,7 +13,11 @@ import dataclasses
 import typing
 from typing import Literal
 
-SetName = Literal["validation", "test", "custom", "custom_filtered"]
+from cifar_dvc import evalsets
+
+# Literals built from the one table of sets (cifar_dvc.evalsets), so a typo fails with the key's name.
+SetName = Literal[evalsets.SET_NAMES]
+CustomSetName = Literal[evalsets.CUSTOM_SET_NAMES]
 # The corruptions of cifar_dvc.evaluation.corruptions (a Literal, so a typo fails with the key's name).
 Corruption = Literal["gaussian_noise", "defocus_blur", "jpeg_compression", "contrast", "brightness"]
 CORRUPTIONS: tuple[Corruption, ...] = typing.get_args(Corruption)
@@ -54,7 +58,7 @@ class ExamplesParams:
 class MisclassifiedParams:
     """``report.misclassified``: misclassified custom photos (seed 004 appendix C)."""
 
-    set: Literal["custom", "custom_filtered"] = "custom"  # seed 004 showed the unfiltered set
+    set: CustomSetName = evalsets.MISCLASSIFIED_DEFAULT  # a custom set; seed 004 showed the unfiltered one
     max_images: int = 40  # at most this many, in file order
     columns: int = 8  # images a row
 
@@ -103,8 +107,8 @@ class ReportParams:
     variants: list[str] | None = None  # variants of the table and comparisons; null = all under eval/
     focus: str | None = None  # variant of the single-model figures; null = best validation accuracy
     seed: int = 0  # seed of the random example images
-    confusion_sets: list[SetName] = dataclasses.field(
-        default_factory=lambda: ["test", "custom", "custom_filtered"])  # sets drawn as confusion-matrix PNGs
+    confusion_sets: list[SetName] = dataclasses.field(  # sets drawn as confusion-matrix PNGs
+        default_factory=lambda: list(evalsets.CONFUSION_SETS))
     examples: ExamplesParams = dataclasses.field(default_factory=ExamplesParams)  # see ExamplesParams
     misclassified: MisclassifiedParams = dataclasses.field(default_factory=MisclassifiedParams)  # see class
     filters: FiltersParams = dataclasses.field(default_factory=FiltersParams)  # see FiltersParams

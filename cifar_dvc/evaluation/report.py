@@ -7,18 +7,26 @@ the best validation accuracy.
 
 Reads ``eval/<variant>/`` (``results.json``, ``predictions/*.npz``), ``dvclive/<variant>/`` (the
 training logs), ``models/<focus>.keras`` and its sidecar, ``data/prepared/test.npz`` and the custom
-sets (``unfiltered.npz``, ``filtered.npz``). Writes:
+sets (``report.json`` for the resize filters, the photos of ``report.misclassified.set``); the
+sets' names, files and titles are those of ``cifar_dvc.evalsets``. Writes:
 
-- ``metrics/summary.json``: ``{variant: {validation, test, custom, custom_filtered}}`` accuracies,
-  with BatchNorm adaptation also ``custom_adapted`` and ``custom_filtered_adapted`` (null for a
-  variant without BatchNorm), with the corruption suite ``corruptions`` (and ``corruptions_adapted``),
-  the mean accuracy over corruptions and severities;
-- ``plots/report/table.md``: the same as markdown tables (percent, with n): Table 2 with the
-  adapted columns, then the corruption means;
+- ``metrics/summary.json``: ``{variant: {set: accuracy}}`` over Table 2's sets (validation, test,
+  seed 004's nearest-resize ``custom_nearest`` and ``custom_nearest_filtered`` when made, ``custom``,
+  ``custom_filtered``), with BatchNorm adaptation also ``custom_adapted`` and
+  ``custom_filtered_adapted`` (null for a variant without BatchNorm), with the corruption suite
+  ``corruptions`` (and ``corruptions_adapted``), the mean accuracy over corruptions and severities;
+- ``plots/report/table.md``: the same as markdown tables (percent, with n): Table 2, seed 004's
+  setup beside ours, and the blur trick's finding in this run's numbers; then the corruption means;
 - ``plots/report/corruptions.csv``: ``variant`` + ``eval/<variant>/corruptions.csv``'s columns;
 - ``plots/report/curves.csv``: ``variant, split, step, accuracy, loss`` (DVC plot of the curves);
-- ``plots/report/blur.csv``: ``variant, divisor, accuracy, n`` (DVC plot of the blur sweep);
+- ``plots/report/blur.csv``: ``variant, resize, divisor, accuracy, n`` (DVC plot of the blur sweep);
 - ``plots/report/figures/*.png``: the figures of ``cifar_dvc.evaluation.figures``.
+
+Two registries say what is written: ``DATA_FILES`` (the text files above, by name) and
+``FIGURES``, one ``Figure`` entry per PNG with the ``Inputs`` it reads (``needs``), loaded on first
+use. A new figure is a function of ``figures`` plus one entry; tests/test_report.py checks that
+each entry writes its file and that dvc.yaml's report stage declares them. The tables and CSVs
+are built with pandas.
 
 Run by ``python -m stages.report`` (``dvc repro report``).
 """
@@ -27,24 +35,24 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from cifar_dvc import artifacts, atomic, modelinfo
+from cifar_dvc import artifacts, atomic, evalsets, inference
 from cifar_dvc.errors import DataError, ParamsError
 from cifar_dvc.evaluation import figures
-from cifar_dvc.evaluation.evaluate import CORRUPTION_COLUMNS, CUSTOM_SETS, load_model
+from cifar_dvc.evaluation.evaluate import CORRUPTION_COLUMNS
 from cifar_dvc.evaluation.params import ReportParams
 
-TABLE_SETS = ("validation", "test", "custom", "custom_filtered")  # seed 004 Table 2's columns (+ validation)
-ADAPTED_SETS = ("custom_adapted", "custom_filtered_adapted")  # extra columns with BatchNorm adaptation
-SET_TITLES = {"validation": "Validation", "test": "Test", "custom": "Custom",
-              "custom_filtered": "Custom (filtered)", "custom_adapted": "Custom, BN adapted",
-              "custom_filtered_adapted": "Custom (filtered), BN adapted"}
+# How Table 2 and the blur sweep name each resize when data/custom_sets/report.json does not say.
+RESIZE_LABELS = {evalsets.MAIN: "custom.resample", evalsets.NEAREST: "nearest"}
 DVCLIVE_SPLITS = {"train": "train", "validation": "eval"}  # our split name -> dvclive's folder
 CURVE_METRICS = ("accuracy", "loss")
 
@@ -100,9 +108,60 @@ def load_predictions(eval_dir: Path, variant: str, name: str) -> dict[str, np.nd
 
 
 def table_sets(results: dict[str, dict[str, Any]]) -> tuple[str, ...]:
-    """``TABLE_SETS``, plus ``ADAPTED_SETS`` when some variant was evaluated with ``adapt_bn``."""
-    adapted = any(res.get("adaptation") is not None for res in results.values())
-    return TABLE_SETS + ADAPTED_SETS if adapted else TABLE_SETS
+    """Table 2's sets (``SetSpec.table``) that some variant has (the nearest-resize ones exist only
+    when the custom stage made them), then the adapted sets when some variant used ``adapt_bn``."""
+    present = {name for res in results.values() for name in res["sets"]}
+    names = tuple(spec.name for spec in evalsets.SETS if spec.table and spec.name in present)
+    if any(res.get("adaptation") is not None for res in results.values()):
+        names += evalsets.adapted_sets()
+    return names
+
+
+def custom_resamples(custom: Path) -> dict[str, str]:
+    """``{resize: filter name}`` of the custom sets, from ``report.json`` (``RESIZE_LABELS`` if absent)."""
+    labels = dict(RESIZE_LABELS)
+    try:
+        sets = json.loads((custom / "report.json").read_text())["sets"]
+        for resize in evalsets.RESIZES:
+            entry = sets.get(evalsets.custom_set(resize, filtered=False).stem)
+            if entry and entry.get("resample"):
+                labels[resize] = entry["resample"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # an older or hand-made custom folder: the generic labels say enough
+    return labels
+
+
+def blur_finding(results: dict[str, dict[str, Any]], labels: dict[str, str] | None = None) -> str:
+    """Seed 004's blur trick, explained in this run's numbers (mean over the variants that have all
+    four custom sets): the filter's gain after the aliasing nearest resize against its gain after
+    the main resize, and the main resize alone against the seed's filtered photos. "" without the
+    nearest sets or photos."""
+    labels = labels or RESIZE_LABELS
+    names = [evalsets.custom_set(resize, filtered).name
+             for resize in (evalsets.NEAREST, evalsets.MAIN) for filtered in (False, True)]
+    rows = [[(res["sets"].get(name) or {}).get("accuracy") for name in names] for res in results.values()]
+    rows = [row for row in rows if all(v is not None for v in row)]
+    if not rows:
+        return ""
+    nearest, nearest_filtered, main, main_filtered = (100 * float(np.mean(col)) for col in np.array(rows).T)
+    gain_nearest, gain_main = nearest_filtered - nearest, main_filtered - main
+    near, ours = labels[evalsets.NEAREST], labels[evalsets.MAIN]
+    text = (f"Seed 004's blur trick, explained (mean over {len(rows)} variant(s)): with the {near} resize "
+            f"(the seed's; it aliases) the filter takes the photos from {nearest:.1f}% to "
+            f"{nearest_filtered:.1f}% ({gain_nearest:+.1f} points); with {ours} from {main:.1f}% to "
+            f"{main_filtered:.1f}% ({gain_main:+.1f} points). ")
+    if gain_nearest > gain_main:
+        text += (f"The filter gains {gain_nearest - gain_main:.1f} points more after the aliasing resize: "
+                 "that part of its gain repairs aliasing. ")
+    else:
+        text += f"The filter gains no more after the aliasing resize than after {ours}. "
+    if main >= nearest_filtered:
+        text += (f"The {ours} resize alone ({main:.1f}%) does at least as well as the seed's filtered "
+                 f"photos ({nearest_filtered:.1f}%).")
+    else:
+        text += (f"The seed's filtered photos ({nearest_filtered:.1f}%) beat the {ours} resize alone "
+                 f"({main:.1f}%).")
+    return text + "\n"
 
 
 def corruption_means(res: dict[str, Any]) -> dict[str, float | None]:
@@ -124,53 +183,69 @@ def summary_table(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, flo
                       **corruption_means(res)}
             for variant, res in results.items()}
 
-
-def markdown_table(results: dict[str, dict[str, Any]]) -> str:
-    """Seed 004's Table 2 for every variant: accuracy in percent per set, n in the header; the
-    adapted custom sets as extra columns; then the corruption means, when measured."""
-    names = table_sets(results)
-    first = next(iter(results.values()))
+def markdown_table(results: dict[str, dict[str, Any]], labels: dict[str, str] | None = None) -> str:
+    """Seed 004's Table 2 for every variant: accuracy in percent per set, n in the header; seed
+    004's nearest-resize sets beside ours, the adapted custom sets as extra columns, the blur
+    trick's finding (``blur_finding``); then the corruption means, when measured. ``labels``: the
+    resize filters' names (``custom_resamples``)."""
+    labels = labels or RESIZE_LABELS
+    names = list(table_sets(results))
     # an adapted set holds the same images as its set: its n is that set's, also without BatchNorm
-    sizes = {name: first["sets"].get(name.removesuffix("_adapted"), {}).get("n", 0) for name in names}
-    header = ["Variant"] + [f"{SET_TITLES[name]} (n={sizes[name]})" for name in names]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * len(names)]
-    summary = summary_table(results)
-    for variant, row in summary.items():
-        lines.append(f"| {variant} | " + " | ".join(_pct(row[name]) for name in names) + " |")
-    text = "Accuracy (%) of every variant (seed 004, Table 2)"
-    if names != TABLE_SETS:
+    sizes = {name: max((res["sets"].get(evalsets.adapted_of(name) or name) or {}).get("n") or 0
+                       for res in results.values()) for name in names}
+    table = pd.DataFrame.from_dict(summary_table(results), orient="index")[names]
+    table.columns = [f"{evalsets.title(name)} (n={sizes[name]})" for name in names]
+    text = (f"Accuracy (%) of every variant (seed 004, Table 2). Custom: the photos resized with "
+            f"{labels[evalsets.MAIN]}")
+    if evalsets.custom_set(evalsets.NEAREST, filtered=False).name in names:
+        text += f"; \"nearest\": resized with {labels[evalsets.NEAREST]} as seed 004 did (Keras' load_img)"
+    text += "; \"filtered\": blurred before resizing (seed 004's filter)"
+    if any(evalsets.adapted_of(name) for name in names):
         text += ("; \"BN adapted\": BatchNorm statistics re-estimated on the set's own images "
                  "(n/a: the variant has no BatchNorm)")
-    text += ".\n\n" + "\n".join(lines) + "\n"
+    text += ".\n\n" + _markdown(table) + "\n"
+    finding = blur_finding(results, labels)
+    if finding:
+        text += "\n" + finding
     suites = {variant: res["corruptions"] for variant, res in results.items() if res.get("corruptions")}
     if suites:
-        rows = ["| Variant | Clean subset | Corrupted (mean) | Clean, BN adapted | Corrupted, BN adapted |",
-                "|---|---:|---:|---:|---:|"]
-        for variant, suite in suites.items():
-            clean = next(r for r in suite["rows"] if r["severity"] == 0)
-            rows.append(f"| {variant} | {_pct(clean['accuracy'])} | {_pct(suite['accuracy'])} | "
-                        f"{_pct(clean['accuracy_adapted'])} | {_pct(suite['accuracy_adapted'])} |")
+        clean = {variant: next(r for r in suite["rows"] if r["severity"] == 0)
+                 for variant, suite in suites.items()}
+        means = pd.DataFrame.from_dict({variant: {
+            "Clean subset": clean[variant]["accuracy"], "Corrupted (mean)": suite["accuracy"],
+            "Clean, BN adapted": clean[variant]["accuracy_adapted"],
+            "Corrupted, BN adapted": suite["accuracy_adapted"]} for variant, suite in suites.items()},
+            orient="index")
         some = next(iter(suites.values()))
         corrupted = sorted({r["corruption"] for r in some["rows"] if r["severity"] > 0})
         text += (f"\nAccuracy (%) under corruptions: {some['images']} test images (seed {some['seed']}, "
                  f"no TTA), mean over {', '.join(corrupted)} at severities 1-3.\n\n"
-                 + "\n".join(rows) + "\n")
+                 + _markdown(means) + "\n")
     return text
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    """Accuracies in percent as a GitHub markdown table: the index as a left-aligned ``Variant``
+    column, the cells right-aligned (``DataFrame.to_markdown`` would need the tabulate package)."""
+    lines = ["| " + " | ".join(["Variant", *map(str, table.columns)]) + " |",
+             "|---|" + "---:|" * len(table.columns)]
+    lines += ["| " + " | ".join([str(index), *map(_pct, row)]) + " |" for index, *row in table.itertuples()]
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    # pandas holds a JSON null as NaN in a column of numbers, as None in a column of nulls only
+    return "n/a" if value is None or np.isnan(value) else f"{100 * value:.1f}"
 
 
 def corruptions_csv(results: dict[str, dict[str, Any]]) -> str:
     """``variant`` + the corruption table of every variant that has one (empty cells for nulls)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["variant", *CORRUPTION_COLUMNS])
-    for variant, res in results.items():
-        for row in (res.get("corruptions") or {}).get("rows", []):
-            writer.writerow([variant, *("" if row[k] is None else row[k] for k in CORRUPTION_COLUMNS)])
-    return buffer.getvalue()
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
+    rows = [{"variant": variant, **row} for variant, res in results.items()
+            for row in (res.get("corruptions") or {}).get("rows", [])]
+    # object dtype writes each value as the csv module would (str): a column of ints with a null
+    # would otherwise become floats ("3.0")
+    return pd.DataFrame(rows, columns=["variant", *CORRUPTION_COLUMNS], dtype=object).to_csv(
+        index=False, lineterminator="\n")
 
 
 def read_tsv(path: Path) -> dict[str, np.ndarray]:
@@ -204,39 +279,43 @@ def load_curves(dvclive_dir: Path, variant: str) -> dict[str, dict[str, np.ndarr
     return curves
 
 
+
 def curves_csv(curves: dict[str, dict[str, dict[str, np.ndarray]]]) -> str:
     """Long-format training curves for DVC plots: ``variant,split,step,accuracy,loss``."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["variant", "split", "step", *CURVE_METRICS])
-    for variant, splits in curves.items():
-        for split, data in splits.items():
-            for i, step in enumerate(data["step"]):
-                writer.writerow([variant, split, int(step),
-                                 *(f"{data[m][i]:.6g}" if m in data else "" for m in CURVE_METRICS)])
-    return buffer.getvalue()
+    frames = [pd.DataFrame({"variant": variant, "split": split, "step": data["step"].astype(np.int64),
+                            **{metric: data[metric] for metric in CURVE_METRICS if metric in data}})
+              for variant, splits in curves.items() for split, data in splits.items()]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return _csv(table.reindex(columns=["variant", "split", "step", *CURVE_METRICS]))
 
 
-def sweep_points(results: dict[str, dict[str, Any]]) -> dict[str, dict[float, float]]:
-    """``{variant: {divisor: accuracy}}`` of the non-empty blur-sweep sets."""
-    points: dict[str, dict[float, float]] = {}
+def _csv(table: pd.DataFrame) -> str:
+    """The CSV text of the report's plot data: floats to 6 significant digits, empty missing cells."""
+    return table.to_csv(index=False, lineterminator="\n", float_format="%.6g")
+
+
+def sweep_points(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[float, float]]]:
+    """``{variant: {resize: {divisor: accuracy}}}`` of the non-empty blur-sweep sets."""
+    points: dict[str, dict[str, dict[float, float]]] = {}
     for variant, res in results.items():
-        points[variant] = {float(name.removeprefix("sweep_")): s["accuracy"]
-                           for name, s in res["sets"].items()
-                           if name.startswith("sweep_") and s.get("n") and s["accuracy"] is not None}
+        points[variant] = {}
+        for name, scores in res["sets"].items():
+            parsed = evalsets.parse_sweep(name)
+            if parsed is not None and scores.get("n") and scores["accuracy"] is not None:
+                points[variant].setdefault(parsed[0], {})[parsed[1]] = scores["accuracy"]
     return points
 
 
-def blur_csv(results: dict[str, dict[str, Any]]) -> str:
-    """``variant,divisor,accuracy,n`` of the blur sweep for DVC plots."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["variant", "divisor", "accuracy", "n"])
-    for variant, points in sweep_points(results).items():
-        for divisor in sorted(points):
-            n = results[variant]["sets"][f"sweep_{divisor:g}"]["n"]
-            writer.writerow([variant, f"{divisor:g}", f"{points[divisor]:.6g}", n])
-    return buffer.getvalue()
+
+def blur_csv(results: dict[str, dict[str, Any]], labels: dict[str, str] | None = None) -> str:
+    """``variant,resize,divisor,accuracy,n`` of the blur sweep for DVC plots (``labels``: the resize
+    filters' names, ``custom_resamples``)."""
+    labels = labels or RESIZE_LABELS
+    rows = [{"variant": variant, "resize": labels[resize], "divisor": divisor, "accuracy": accuracy,
+             "n": results[variant]["sets"][evalsets.sweep_name(divisor, resize)]["n"]}
+            for variant, by_resize in sweep_points(results).items() for resize in evalsets.RESIZES
+            for divisor, accuracy in sorted(by_resize.get(resize, {}).items())]
+    return _csv(pd.DataFrame(rows, columns=["variant", "resize", "divisor", "accuracy", "n"]))
 
 
 def choose_focus(results: dict[str, dict[str, Any]], requested: str | None) -> str:
@@ -247,7 +326,223 @@ def choose_focus(results: dict[str, dict[str, Any]], requested: str | None) -> s
                               f"({', '.join(results)})")
         return requested
     # max keeps the first of equals: ties go to the earlier variant of the report's order
-    return max(results, key=lambda variant: results[variant]["sets"]["validation"].get("accuracy") or 0.0)
+    return max(results,
+               key=lambda variant: results[variant]["sets"][evalsets.VALIDATION].get("accuracy") or 0.0)
+
+
+
+class Inputs:
+    """What the report's figures read, each loaded on first use: a figure's ``needs`` name these
+    attributes, so a report whose figures need no model loads none.
+
+    ``params``, ``results`` (``eval/<variant>/results.json`` by variant), ``curves``
+    (``dvclive/<variant>/``), ``focus`` and ``variants`` are given; the rest is read here.
+    """
+
+    def __init__(self, paths: Paths, params: ReportParams, results: dict[str, dict[str, Any]],
+                 curves: dict[str, dict[str, dict[str, np.ndarray]]], focus: str) -> None:
+        self.paths, self.params, self.results, self.curves, self.focus = paths, params, results, curves, focus
+        self.variants = list(results)
+
+    @functools.cached_property
+    def classes(self) -> list[str]:
+        """The class names (every variant has the same, ``build`` checks)."""
+        return self.results[self.focus]["classes"]
+
+    @functools.cached_property
+    def labels(self) -> dict[str, str]:
+        """The resize filters' names, from ``data/custom_sets/report.json`` (``custom_resamples``)."""
+        return custom_resamples(self.paths.custom)
+
+    @functools.cached_property
+    def test_predictions(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``{variant: (probabilities, labels)}`` of the test set, ``eval/<variant>/predictions/``."""
+        return {variant: _probs_and_labels(self.paths.eval_dir, variant, evalsets.TEST)
+                for variant in self.results}
+
+    @functools.cached_property
+    def model(self) -> Any:
+        """The focus variant's model, ``models/<focus>.keras``."""
+        return self._loaded[0]
+
+    @functools.cached_property
+    def info(self) -> Any:
+        """The focus variant's sidecar (``inference.load``): its normalization statistics."""
+        return self._loaded[1]
+
+    @functools.cached_property
+    def _loaded(self) -> tuple[Any, Any]:
+        return inference.load(self.paths.models_dir / f"{self.focus}.keras")
+
+    @functools.cached_property
+    def test(self) -> artifacts.Split:
+        """``data/prepared/test.npz``."""
+        return artifacts.load_split(self.paths.prepared / evalsets.spec(evalsets.TEST).file)
+
+    @functools.cached_property
+    def test_pred(self) -> np.ndarray:
+        """The focus variant's predicted class of every test image (checked against ``test``)."""
+        pred = load_predictions(self.paths.eval_dir, self.focus, evalsets.TEST)["probs"].argmax(axis=1)
+        if len(pred) != len(self.test):
+            test_file = self.paths.prepared / evalsets.spec(evalsets.TEST).file
+            raise DataError(f"{self.paths.eval_dir / self.focus}: predictions for {len(pred)} test images, "
+                            f"{test_file} has {len(self.test)}; re-run evaluate@{self.focus}")
+        return pred
+
+    @functools.cached_property
+    def photos(self) -> artifacts.Split:
+        """The custom set of ``report.misclassified.set`` (``data/custom_sets/``)."""
+        name = self.params.misclassified.set
+        if name not in self.results[self.focus]["sets"]:
+            raise ParamsError(f"report.misclassified.set: {name!r} was not evaluated for "
+                              f"{self.focus} (the nearest sets need custom.compare_resample)")
+        return artifacts.load_split(self.paths.custom / evalsets.spec(name).file)
+
+    @functools.cached_property
+    def photo_probs(self) -> np.ndarray:
+        """The focus variant's probabilities of each of ``photos`` (checked: the same photos)."""
+        pred = load_predictions(self.paths.eval_dir, self.focus, self.params.misclassified.set)
+        if len(pred["y"]) != len(self.photos) or not np.array_equal(pred["y"], self.photos.y):
+            raise DataError(f"{self.paths.custom}: the custom set changed since evaluate@{self.focus}; "
+                            "run `dvc repro`")
+        return pred["probs"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """One figure of the report: ``draw(path, **needs)`` writes ``figures/<file>`` and returns its path.
+
+    ``needs`` names the ``Inputs`` it reads, passed by keyword. A ``file`` with ``{variant}`` is one
+    figure per variant of the report, drawn with ``variant=`` too.
+    """
+
+    name: str
+    file: str
+    draw: Callable[..., Path]
+    needs: tuple[str, ...]
+
+    @property
+    def per_variant(self) -> bool:
+        return "{variant}" in self.file
+
+    def files(self, variants: list[str]) -> list[str]:
+        """The file names it writes for the report's ``variants``."""
+        return [self.file.format(variant=v) for v in variants] if self.per_variant else [self.file]
+
+
+def _unfiltered(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    # the unfiltered photos of each resize: the blur sweep's limit d -> infinity (no blur)
+    return {variant: {resize: (res["sets"].get(evalsets.custom_set(resize, filtered=False).name)
+                               or {}).get("accuracy") for resize in evalsets.RESIZES}
+            for variant, res in results.items()}
+
+
+def _confusion(path: Path, *, variant: str, results: dict[str, dict[str, Any]], classes: list[str],
+               params: ReportParams) -> Path:
+    sets = results[variant]["sets"]
+    absent = [name for name in params.confusion_sets if name not in sets]
+    if absent:
+        raise ParamsError(f"report.confusion_sets: {absent[0]!r} was not evaluated for {variant} "
+                          f"(the nearest sets need custom.compare_resample)")
+    matrices = {name: np.asarray(sets[name]["confusion_matrix"]) for name in params.confusion_sets}
+    return figures.confusion_matrices(matrices, classes, path, title=f"Confusion matrices of {variant}")
+
+
+def _examples(path: Path, *, test: artifacts.Split, test_pred: np.ndarray, classes: list[str],
+              params: ReportParams, focus: str) -> Path:
+    rng = np.random.default_rng(params.seed)
+    pick = np.sort(rng.choice(len(test), size=min(params.examples.count, len(test)), replace=False))
+    return figures.example_predictions(test.x[pick], test.y[pick], test_pred[pick], classes, path,
+                                       columns=params.examples.columns,
+                                       title=f"Test images: true → predicted by {focus}")
+
+
+def _misclassified_photos(path: Path, *, photos: artifacts.Split, photo_probs: np.ndarray,
+                          classes: list[str], params: ReportParams, focus: str) -> Path:
+    files = [str(f) for f in photos.extra.get("files", np.array([], str))]
+    shown = params.misclassified
+    return figures.misclassified_photos(photos.x, photos.y, photo_probs, files, classes, path,
+                                        max_images=shown.max_images, columns=shown.columns,
+                                        title=f"Misclassified {shown.set} photos ({focus})")
+
+
+def _occlusion(path: Path, *, model: Any, info: Any, photos: artifacts.Split, photo_probs: np.ndarray,
+               test: artifacts.Split, test_pred: np.ndarray, classes: list[str],
+               params: ReportParams) -> Path:
+    wrong_x, wrong_y, wrong_pred = _misclassified(photos.x, photos.y, photo_probs)
+    if len(wrong_y) == 0:  # no misclassified photos: explain the model's mistakes on test images
+        wrong = test_pred != test.y
+        wrong_x, wrong_y, wrong_pred = test.x[wrong], test.y[wrong], test_pred[wrong]
+    n = params.occlusion.max_images
+    return figures.occlusion_maps(model, wrong_x[:n], wrong_y[:n], wrong_pred[:n], info.normalization,
+                                  classes, path, patch=params.occlusion.patch, stride=params.occlusion.stride)
+
+
+def _activations(path: Path, *, model: Any, info: Any, test: artifacts.Split, classes: list[str],
+                 params: ReportParams) -> Path:
+    indices = [i for i in params.activations.images if 0 <= i < len(test)]
+    if len(indices) != len(params.activations.images):
+        raise ParamsError(f"report.activations.images: indices must be in 0..{len(test) - 1}")
+    return figures.activation_grids(model, test.x[indices], info.normalization, path,
+                                    layers=params.activations.layers, filters=params.activations.filters,
+                                    labels=[f"{classes[test.y[i]]} (test #{i})" for i in indices])
+
+
+# The report's figures, drawn in this order into plots/report/figures/ (docs/evaluation.md lists
+# them): a new figure is a function of ``figures`` and one entry here.
+FIGURES: tuple[Figure, ...] = (
+    Figure("training curves", "curves.png",
+           lambda path, *, curves: figures.training_curves(curves, path), needs=("curves",)),
+    Figure("incorrect share", "incorrect_share.png",
+           lambda path, *, results, classes: figures.incorrect_share(
+               {v: np.asarray(res["sets"][evalsets.TEST]["confusion_matrix"]) for v, res in results.items()},
+               classes, path),
+           needs=("results", "classes")),
+    Figure("blur sweep", "blur_sweep.png",
+           lambda path, *, results, labels: figures.blur_sweep(
+               sweep_points(results), _unfiltered(results), path, resize_labels=labels),
+           needs=("results", "labels")),
+    Figure("reliability diagram", "reliability.png",
+           lambda path, *, test_predictions, params: figures.reliability_diagram(
+               test_predictions, path, bins=params.reliability_bins),
+           needs=("test_predictions", "params")),
+    Figure("corruption curves", "corruptions.png",
+           lambda path, *, results: figures.corruption_curves(
+               {v: (res.get("corruptions") or {}).get("rows", []) for v, res in results.items()}, path),
+           needs=("results",)),
+    Figure("confusion matrices", "confusion_{variant}.png", _confusion,
+           needs=("results", "classes", "params")),
+    Figure("example predictions", "examples.png", _examples,
+           needs=("test", "test_pred", "classes", "params", "focus")),
+    Figure("misclassified photos", "misclassified_custom.png", _misclassified_photos,
+           needs=("photos", "photo_probs", "classes", "params", "focus")),
+    Figure("occlusion maps", "occlusion.png", _occlusion,
+           needs=("model", "info", "photos", "photo_probs", "test", "test_pred", "classes", "params")),
+    Figure("filter visualization", "filters.png",
+           lambda path, *, model, params: figures.filter_visualization(
+               model, path, layers=params.filters.layers, filters=params.filters.filters,
+               steps=params.filters.steps, step_size=params.filters.step_size),
+           needs=("model", "params")),
+    Figure("class-ideal images", "class_ideal.png",
+           lambda path, *, model, classes, params: figures.class_ideal_images(
+               model, classes, path, max_classes=params.class_ideal.classes, steps=params.class_ideal.steps,
+               step_size=params.class_ideal.step_size),
+           needs=("model", "classes", "params")),
+    Figure("activations", "activations.png", _activations,
+           needs=("model", "info", "test", "classes", "params")),
+    Figure("weight histograms", "weights.png",
+           lambda path, *, model: figures.weight_histograms(model, path), needs=("model",)),
+)
+
+# The text files of plots/report/, each made from the ``Inputs`` (curves.csv and blur.csv are
+# plotted by dvc.yaml's `plots:`).
+DATA_FILES: dict[str, Callable[[Inputs], str]] = {
+    "table.md": lambda inputs: markdown_table(inputs.results, inputs.labels),
+    "curves.csv": lambda inputs: curves_csv(inputs.curves),
+    "blur.csv": lambda inputs: blur_csv(inputs.results, inputs.labels),
+    "corruptions.csv": lambda inputs: corruptions_csv(inputs.results),
+}
+FIGURE_DIR = "figures"  # plots/report/figures/
 
 
 def build(paths: Paths, params: ReportParams) -> dict[str, Any]:
@@ -261,86 +556,25 @@ def build(paths: Paths, params: ReportParams) -> dict[str, Any]:
                             "were they evaluated on the same data set?")
     focus = choose_focus(results, params.focus)
     curves = {variant: load_curves(paths.dvclive_dir, variant) for variant in variants}
+    inputs = Inputs(paths, params, results, curves, focus)
     summary = summary_table(results)
     with atomic.atomic_dir(paths.out) as out:
-        atomic.write_text(out / "table.md", markdown_table(results))
-        atomic.write_text(out / "curves.csv", curves_csv(curves))
-        atomic.write_text(out / "blur.csv", blur_csv(results))
-        atomic.write_text(out / "corruptions.csv", corruptions_csv(results))
-        draw_figures(out / "figures", paths, params, results, curves, focus)
+        for name, make in DATA_FILES.items():
+            atomic.write_text(out / name, make(inputs))
+        draw_figures(out / FIGURE_DIR, inputs)
     atomic.write_json(paths.summary, summary)
     return {"variants": variants, "focus": focus, "summary": summary}
 
 
-def draw_figures(fig_dir: Path, paths: Paths, params: ReportParams, results: dict[str, dict[str, Any]],
-                 curves: dict[str, dict[str, dict[str, np.ndarray]]], focus: str) -> list[Path]:
-    """Every figure of ``figures`` into ``fig_dir``; the single-model ones for ``focus``."""
-    classes = results[focus]["classes"]
-    cm = {variant: np.asarray(res["sets"]["test"]["confusion_matrix"]) for variant, res in results.items()}
-    unfiltered = {variant: res["sets"]["custom"]["accuracy"] for variant, res in results.items()}
-    written = [
-        figures.training_curves(curves, fig_dir / "curves.png"),
-        figures.incorrect_share(cm, classes, fig_dir / "incorrect_share.png"),
-        figures.blur_sweep(sweep_points(results), unfiltered, fig_dir / "blur_sweep.png"),
-        figures.reliability_diagram(
-            {variant: _probs_and_labels(paths.eval_dir, variant, "test") for variant in results},
-            fig_dir / "reliability.png", bins=params.reliability_bins),
-        figures.corruption_curves({variant: (res.get("corruptions") or {}).get("rows", [])
-                                   for variant, res in results.items()}, fig_dir / "corruptions.png"),
-    ]
-    for variant, res in results.items():
-        matrices = {name: np.asarray(res["sets"][name]["confusion_matrix"]) for name in params.confusion_sets}
-        written.append(figures.confusion_matrices(matrices, classes, fig_dir / f"confusion_{variant}.png",
-                                                  title=f"Confusion matrices of {variant}"))
-
-    info = modelinfo.load_info(paths.models_dir / f"{focus}.keras")
-    model = load_model(paths.models_dir / f"{focus}.keras")
-    test = artifacts.load_split(paths.prepared / "test.npz")
-    test_pred = load_predictions(paths.eval_dir, focus, "test")["probs"].argmax(axis=1)
-    if len(test_pred) != len(test):
-        raise DataError(f"{paths.eval_dir / focus}: predictions for {len(test_pred)} test images, "
-                        f"{paths.prepared / 'test.npz'} has {len(test)}; re-run evaluate@{focus}")
-    rng = np.random.default_rng(params.seed)
-    pick = np.sort(rng.choice(len(test), size=min(params.examples.count, len(test)), replace=False))
-    written.append(figures.example_predictions(
-        test.x[pick], test.y[pick], test_pred[pick], classes, fig_dir / "examples.png",
-        columns=params.examples.columns, title=f"Test images: true → predicted by {focus}"))
-
-    photos = artifacts.load_split(paths.custom / CUSTOM_SETS[params.misclassified.set])
-    photo_pred = load_predictions(paths.eval_dir, focus, params.misclassified.set)
-    if len(photo_pred["y"]) != len(photos) or not np.array_equal(photo_pred["y"], photos.y):
-        raise DataError(f"{paths.custom}: the custom set changed since evaluate@{focus}; run `dvc repro`")
-    files = [str(f) for f in photos.extra.get("files", np.array([], str))]
-    written.append(figures.misclassified_photos(
-        photos.x, photos.y, photo_pred["probs"], files, classes, fig_dir / "misclassified_custom.png",
-        max_images=params.misclassified.max_images, columns=params.misclassified.columns,
-        title=f"Misclassified {params.misclassified.set} photos ({focus})"))
-
-    wrong_x, wrong_y, wrong_pred = _misclassified(photos.x, photos.y, photo_pred["probs"])
-    if len(wrong_y) == 0:  # no misclassified photos: explain the model's mistakes on test images
-        wrong_x, wrong_y, wrong_pred = test.x[test_pred != test.y], test.y[test_pred != test.y], \
-            test_pred[test_pred != test.y]
-    n_occ = params.occlusion.max_images
-    written.append(figures.occlusion_maps(
-        model, wrong_x[:n_occ], wrong_y[:n_occ], wrong_pred[:n_occ], info.normalization, classes,
-        fig_dir / "occlusion.png", patch=params.occlusion.patch, stride=params.occlusion.stride))
-
-    ascent = params.filters
-    written.append(figures.filter_visualization(model, fig_dir / "filters.png", layers=ascent.layers,
-                                                filters=ascent.filters, steps=ascent.steps,
-                                                step_size=ascent.step_size))
-    ideal = params.class_ideal
-    written.append(figures.class_ideal_images(model, classes, fig_dir / "class_ideal.png",
-                                              max_classes=ideal.classes, steps=ideal.steps,
-                                              step_size=ideal.step_size))
-    indices = [i for i in params.activations.images if 0 <= i < len(test)]
-    if len(indices) != len(params.activations.images):
-        raise ParamsError(f"report.activations.images: indices must be in 0..{len(test) - 1}")
-    written.append(figures.activation_grids(
-        model, test.x[indices], info.normalization, fig_dir / "activations.png",
-        layers=params.activations.layers, filters=params.activations.filters,
-        labels=[f"{classes[test.y[i]]} (test #{i})" for i in indices]))
-    written.append(figures.weight_histograms(model, fig_dir / "weights.png"))
+def draw_figures(fig_dir: Path, inputs: Inputs, only: tuple[Figure, ...] = FIGURES) -> list[Path]:
+    """Draw the figures ``only`` (default: all of ``FIGURES``) into ``fig_dir``; returns the paths."""
+    written = []
+    for figure in only:
+        needs = {name: getattr(inputs, name) for name in figure.needs}
+        for variant, file in zip(inputs.variants if figure.per_variant else [None],
+                                 figure.files(inputs.variants), strict=True):
+            extra = {"variant": variant} if figure.per_variant else {}
+            written.append(figure.draw(fig_dir / file, **needs, **extra))
     return written
 
 

@@ -26,12 +26,15 @@ Why each choice (from airbench's ablations; measurements here in benchmarks/resu
 - Global max pooling instead of a fixed 3x3 pool keeps the model shape-agnostic (28x28x1 MNIST too).
 
 Input: normalized images of the data set's shape (N, H, W, C) float32. Output: class probabilities.
-Only standard Keras layers, so ``keras.models.load_model`` needs no custom objects.
+Standard Keras layers, and ``ChannelBias`` (``whiten_bias``), registered when ``cifar_dvc.models`` is
+imported, so ``keras.models.load_model`` needs no custom objects after that import.
 Built by the registry in ``cifar_dvc/models``; trained by ``stages/train.py`` (``dvc repro train@fast``)
 and benchmarked by ``benchmarks/fast_recipe.py``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import keras
 import numpy as np
@@ -43,6 +46,25 @@ BN_MOMENTUM = 0.6
 BN_EPSILON = 1e-5
 WHITEN_LAYER = "whiten"
 WHITEN_KERNEL = 2  # airbench: 2x2 patches; 3x3 whitening was no better and costs more
+WHITEN_BIAS_LAYER = "whiten_bias"
+
+
+@keras.saving.register_keras_serializable(package="cifar_dvc")
+class ChannelBias(layers.Layer):
+    """Adds a trained per-channel bias (zeros at the start): a conv's bias as a layer of its own.
+
+    The whitening conv's kernel is frozen and its bias trains (airbench94), and Keras freezes
+    whole layers, so the bias lives here.
+    """
+
+    def build(self, input_shape: tuple) -> None:
+        self.bias = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="bias")
+
+    def call(self, x: Any) -> Any:
+        return x + keras.ops.cast(self.bias, x.dtype)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
 
 
 def torch_conv_init() -> keras.initializers.Initializer:
@@ -70,17 +92,21 @@ def _conv_bn_gelu(x: keras.KerasTensor, filters: int, name: str, pool: bool) -> 
 
 def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int = 64,
                stem: str = "whiten", stem_width: int | None = None, scaling: float = 1 / 9,
-               dirac: bool = True) -> keras.Model:
+               dirac: bool = True, whiten_bias: bool = False) -> keras.Model:
     """The fast network: stem, three conv blocks of widths (width, 4*width, 4*width), linear head.
 
     ``width=64`` is airbench94's size (1.97M parameters for CIFAR-10); smaller widths trade
     accuracy for speed (cost grows ~ width^2). ``stem`` is ``"whiten"`` (2 * 4 * channels frozen
     filters, set by ``init_whitening``) or ``"conv"`` (a trained conv3x3 of ``stem_width``
     filters, default 24). ``scaling`` multiplies the logits before softmax; ``dirac`` starts each block conv
-    as an identity on its first input channels.
+    as an identity on its first input channels. ``whiten_bias`` gives the whitening stem a trained
+    bias (airbench94: ``Conv(..., bias=True)``, zero at the start), which the training loop freezes
+    after ``whiten_bias_epochs`` (``cifar_dvc.training.callbacks.WhitenBiasFreeze``).
     """
     if stem not in ("whiten", "conv"):
         raise ValueError(f"stem must be 'whiten' or 'conv', got {stem!r}")
+    if whiten_bias and stem != "whiten":
+        raise ValueError("whiten_bias applies to stem 'whiten' only")
     if stem == "whiten" and stem_width is not None:
         raise ValueError("stem_width applies to stem 'conv' only "
                          "(the whitening stem has 2 * 4 * channels filters)")
@@ -90,9 +116,12 @@ def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int =
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     if stem == "whiten":
         filters = 2 * WHITEN_KERNEL * WHITEN_KERNEL * input_shape[-1]
-        # Frozen: its weights come from the data (init_whitening), not from gradients.
+        # Frozen: its weights come from the data (init_whitening), not from gradients. The bias,
+        # if any, is a separate layer, so it can train while the kernel stays frozen.
         x = layers.Conv2D(filters, WHITEN_KERNEL, padding="valid", use_bias=False, trainable=False,
                           kernel_initializer=torch_conv_init(), name=WHITEN_LAYER)(inputs)
+        if whiten_bias:
+            x = ChannelBias(name=WHITEN_BIAS_LAYER)(x)
         x = layers.Activation("gelu", name="whiten_gelu")(x)
     else:
         x = _conv_bn_gelu(inputs, stem_width, "stem", pool=False)

@@ -1,12 +1,14 @@
 """Photo bytes -> top-k classes of a trained variant, through one compiled TensorFlow call.
 
-``Predictor`` loads ``models/<name>.keras`` and its sidecar ``models/<name>.json``
-(``cifar_dvc.modelinfo``: class names, input shape, normalization statistics) once, and traces
-one ``tf.function`` with a fixed input signature (uint8 images of the model's shape, any batch
-size) that casts, normalizes exactly like ``prepare`` (``cifar_dvc.normalization.normalize``) and
-calls the model; requests call its concrete (graph) function directly. It is traced and warmed up
-at construction, so no request pays for tracing, and no request goes through ``model.predict``
-(which builds a data pipeline per call).
+``Predictor`` loads ``models/<name>.keras`` and its sidecar ``models/<name>.json`` once, checked
+against each other (``cifar_dvc.inference.load``: class names, input shape, normalization
+statistics, test-time augmentation level), and keeps the concrete (graph) function of
+``cifar_dvc.inference.tta_function`` for uint8 images of the model's shape (any batch size): it
+normalizes exactly like ``evaluate`` and answers with the variant's own test-time augmentation,
+the level recorded in the sidecar, i.e. the one its accuracy was measured with (a sidecar written
+before the level was recorded: none). It is traced and warmed up at construction, so no request
+pays for tracing, and no request goes through ``model.predict`` (which builds a data pipeline
+per call).
 
 Preprocessing is the custom test set stage's own code, called, not copied: ``cifar_dvc.images``
 decodes the photo (EXIF orientation, any mode, decompression-bomb limit), squares it, and resizes
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -31,8 +32,7 @@ from PIL import Image
 from cifar_dvc import images, inference
 from cifar_dvc.custom_set import CustomParams
 from cifar_dvc.errors import DataError
-from cifar_dvc.modelinfo import ModelInfo, load_info
-from cifar_dvc.normalization import normalize
+from cifar_dvc.modelinfo import ModelInfo
 
 _CUSTOM_DEFAULTS = CustomParams()
 
@@ -82,7 +82,9 @@ class Predictor:
         if not model_path.is_file():
             raise DataError(f"{model_path}: model file not found; it is written by `dvc repro train@<name>`")
         self.model_path = model_path
-        self.info: ModelInfo = load_info(model_path)
+        # Holding the model keeps the variables the compiled function reads alive.
+        self._model, info = inference.load(model_path)  # any bad file or mismatch: one DataError line
+        self.info: ModelInfo = info
         self.preprocessing = preprocessing or Preprocessing()
         height, width, channels = self.info.image_shape
         if height != width or channels not in (1, 3):
@@ -90,8 +92,9 @@ class Predictor:
                             f"the sidecar says {self.info.image_shape}")
         self.size, self.channels = height, channels
         self.top_k = min(top_k, len(self.info.classes))
-        # Holding the model keeps the variables the compiled function reads alive.
-        self._model, self._infer = self._compile(model_path)
+        self.tta = self.info.tta or 0  # test-time augmentation level of every answer
+        self._infer = inference.tta_function(self._model, self.info.normalization, self.tta,
+                                             self.info.image_shape)
         # The first call of a traced function still builds its graph executor; pay it now.
         self.probabilities(np.zeros((1, height, width, channels), np.uint8))
         self.probabilities(np.zeros((2, height, width, channels), np.uint8))
@@ -101,32 +104,21 @@ class Predictor:
         """The variant name from the sidecar."""
         return self.info.name
 
-    def _compile(self, model_path: Path) -> tuple[Any, Any]:
-        """The loaded Keras model and the concrete function that classifies uint8 batches."""
-        import tensorflow as tf
-
-        model = inference.load_model(model_path)  # any bad file: one DataError line
-        expected_in = (None, *self.info.image_shape)
-        actual_in = tuple(model.input_shape)
-        if actual_in != expected_in:
-            raise DataError(f"{model_path}: model input {actual_in} does not match "
-                            f"the sidecar's {expected_in}")
-        if tuple(model.output_shape) != (None, len(self.info.classes)):
-            raise DataError(f"{model_path}: model output {model.output_shape} does not match the "
-                            f"sidecar's {len(self.info.classes)} classes")
-        stats = self.info.normalization
-        spec = tf.TensorSpec((None, *self.info.image_shape), tf.uint8)
-
-        @tf.function(input_signature=[spec])
-        def infer(x: Any) -> Any:
-            return model(normalize(tf.cast(x, tf.float32), stats), training=False)
-
-        # The concrete function skips tf.function's per-call argument binding and signature
-        # dispatch, a measurable share of the time for a model as small as seed 000's CNN.
-        return model, infer.get_concrete_function()
+    @property
+    def tta_note(self) -> str:
+        """One sentence for the page: which test-time augmentation the answers use, and why."""
+        if self.info.tta is None:
+            return ("Answers without test-time augmentation: this model's sidecar does not record the "
+                    "level it was evaluated with (re-run `dvc repro train@<name>` to record it).")
+        views = len(inference.tta_weights(self.tta))
+        return (f"Answers with test-time augmentation level {self.tta} ({inference.TTA_LEVELS[self.tta]}: "
+                f"{views} view{'s' if views > 1 else ''}), as evaluated.")
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, classes) float32 of uint8 images ``x`` (N, H, W, C)."""
+        """Class probabilities (N, classes) float32 of uint8 images ``x`` (N, H, W, C), with the
+        variant's test-time augmentation (``tta``)."""
+        # The concrete function skips tf.function's per-call argument binding and signature
+        # dispatch, a measurable share of the time for a model as small as seed 000's CNN.
         return np.asarray(self._infer(x), dtype=np.float32)
 
     def ranked(self, probs: np.ndarray) -> list[tuple[str, float]]:

@@ -15,6 +15,9 @@ Two small custom layers complete Keras' set:
 - ``RandomPadCrop``: pad by ``padding`` pixels (reflect) and crop back at a random place, the
   translation used by ResNet-9 / airbench.
 
+``alternating_flip`` is airbench's flip (``augment.alternate_flip``): not a layer, because it needs
+each image's index and the epoch, which only the input pipeline knows (``cifar_dvc.training.data``).
+
 Reads and writes nothing. Used by ``cifar_dvc.training.data``.
 """
 
@@ -23,6 +26,8 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from cifar_dvc.training.variant import AugmentParams
 
@@ -146,8 +151,34 @@ def build_augmenter(params: AugmentParams, seed: int) -> keras.Sequential | None
         stack.append(RandomPadCrop(params.crop_padding, seed=seed + 4))
     if params.channel_shift:
         stack.append(ChannelShift(params.channel_shift, seed=seed + 5))
-    if params.flip:
+    if params.flip and not params.alternate_flip:  # the alternating flip is the pipeline's (data.py)
         stack.append(keras.layers.RandomFlip("horizontal", seed=seed + 6))
     if params.cutout:
         stack.append(Cutout(params.cutout, seed=seed + 7))
+    if not stack:  # alternate_flip alone: nothing random left for a layer to do
+        return None
     return keras.Sequential(stack, name="augment")
+
+
+def first_flips(num_images: int, seed: int) -> np.ndarray:
+    """Which images are mirrored in the first epoch of ``alternating_flip``: a fair coin each.
+
+    airbench (utils.py, ``CifarLoader.__iter__``) draws ``batch_flip_lr`` once, at epoch 0, over
+    the whole training set, and keeps the result; ours is drawn from ``seed``, so it repeats.
+    """
+    return np.random.default_rng([seed, 0xF11B]).random(num_images) < 0.5
+
+
+def alternating_flip(images: tf.Tensor, flipped_first: tf.Tensor, epoch: tf.Tensor) -> tf.Tensor:
+    """airbench's alternating flip of a batch (NHWC) in epoch ``epoch`` (0-based).
+
+    Image i is mirrored in even epochs if ``flipped_first[i]``, and in odd epochs if not:
+    airbench's ``altflip`` (utils.py, ``CifarLoader.__iter__``: the images pre-flipped at random
+    at epoch 0, then ``if self.epoch % 2 == 1: images = images.flip(-1)``). Every image is seen
+    both ways every two epochs, where a random flip shows a quarter of them one way only; airbench
+    measured it worth more than extra epochs. airbench flips before its random crop and we after:
+    the crop's offsets are symmetric, so the two give the same distribution.
+    """
+    odd = tf.equal(tf.math.floormod(tf.cast(epoch, tf.int64), 2), 1)
+    mirror = tf.math.logical_xor(tf.cast(flipped_first, tf.bool), odd)
+    return tf.where(tf.reshape(mirror, (-1, 1, 1, 1)), tf.reverse(images, axis=[2]), images)

@@ -4,23 +4,24 @@ The images stay uint8 in memory (one copy, 150 MB for CIFAR-10's training split)
 shuffles the *indices* with the seed (cheap, exact, full-data shuffle), gathers each batch,
 casts it to float32, augments it (training only) and normalizes it with the same
 ``cifar_dvc.normalization.normalize`` every other stage uses, then prefetches the next batches
-while the model trains. Labels are one-hot encoded on the fly (label smoothing needs them).
+while the model trains. The labels are the one-hot rows that ``prepare`` wrote (``y_onehot``,
+checked by ``cifar_dvc.artifacts.onehot_labels``; label smoothing needs them), gathered per batch.
 Per-batch work bounds memory for every variant: anything larger (MobileNet's 128x128
 upscaling) happens inside the model, per batch.
 
 Reads the arrays it is given (``cifar_dvc.artifacts.load_split``). Writes nothing.
-Used by ``cifar_dvc.training.loop``.
+Used by ``cifar_dvc.training.loop``. (Validation with test-time augmentation predicts through
+``cifar_dvc.inference``, like every other consumer of a model.)
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from cifar_dvc.normalization import NormStats, normalize
+from cifar_dvc.training.augment import alternating_flip, first_flips
 
 # Images per tf.data map call: small batches are gathered in groups of about this many, so the
 # per-call overhead stays small next to the training steps (benchmarks/results/train_throughput.md).
@@ -35,10 +36,11 @@ def group_for(batch_size: int) -> int:
     return max(1, GROUP_IMAGES // batch_size)
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, stats: NormStats, batch_size: int,
+def make_dataset(x: np.ndarray, y_onehot: np.ndarray, stats: NormStats, batch_size: int,
                  shuffle: bool, seed: int, augmenter: keras.Layer | None = None,
-                 group: int = 1, skip_epochs: int = 0) -> tf.data.Dataset:
-    """Batches of ``(normalized float32 images, one-hot float32 labels)`` from uint8 ``x``.
+                 group: int = 1, skip_epochs: int = 0, alternate_flip: bool = False) -> tf.data.Dataset:
+    """Batches of ``(normalized float32 images, one-hot float32 labels)`` from uint8 ``x`` and its
+    float32 one-hot rows ``y_onehot`` (a prepared split's, ``artifacts.onehot_labels``).
 
     ``shuffle`` reshuffles every epoch (deterministically from ``seed``); ``augmenter`` is
     applied to training batches on 0..255 pixels before normalization. ``group`` batches are
@@ -47,13 +49,17 @@ def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, stats: NormStat
     training step of the small seed models at batch 32) is paid once per group.
     ``skip_epochs`` advances the shuffle by that many epochs of ``keras.Model.fit``: a resumed
     run sees the data in the order the interrupted one would have.
+    ``alternate_flip``: airbench's flip (``augment.alternating_flip``), by image index and epoch.
     """
     if group < 1:
         raise ValueError(f"group must be >= 1, got {group}")
     if x.dtype != np.uint8:
         raise ValueError(f"images must be uint8, got {x.dtype}")
+    if y_onehot.dtype != np.float32 or y_onehot.ndim != 2 or len(y_onehot) != len(x):
+        raise ValueError(f"labels must be float32 one-hot rows, one per image: got {y_onehot.dtype} "
+                         f"of shape {y_onehot.shape} for {len(x)} images")
     images = tf.constant(x)
-    labels = tf.one_hot(tf.constant(np.asarray(y, np.int64)), num_classes, dtype=tf.float32)
+    labels = tf.constant(y_onehot)
     ds = tf.data.Dataset.range(len(x))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
@@ -62,11 +68,18 @@ def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, stats: NormStat
         for _ in range(FIT_ITERATORS_PER_EPOCH * skip_epochs):
             iter(ds)
     ds = ds.batch(batch_size * group)
+    if alternate_flip:
+        # zip with the endless epoch numbers loses the cardinality; Keras needs it for epoch ends
+        ds = tf.data.Dataset.zip(ds, _epoch_numbers(skip_epochs)).apply(
+            tf.data.experimental.assert_cardinality(-(-len(x) // (batch_size * group))))
+        flipped_first = tf.constant(first_flips(len(x), seed))
 
-    def load(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def load(index: tf.Tensor, epoch: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         batch = tf.cast(tf.gather(images, index), tf.float32)
         if augmenter is not None:
             batch = augmenter(batch, training=True)
+        if epoch is not None:
+            batch = alternating_flip(batch, tf.gather(flipped_first, index), epoch)
         return normalize(batch, stats), tf.gather(labels, index)
 
     # One map call at a time keeps augmentation's random stream in a fixed order (determinism);
@@ -84,51 +97,15 @@ def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, stats: NormStat
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def tta_accuracy(model: keras.Model, dataset: tf.data.Dataset, level: int = 1) -> float:
-    """Accuracy with test-time augmentation ``level`` (see ``tta_views``)."""
-    correct = total = 0
-    predict = tta_predict_fn(model, level)
-    for images, labels in dataset:
-        probs = predict(images)
-        correct += int(tf.reduce_sum(tf.cast(
-            tf.equal(tf.argmax(probs, -1), tf.argmax(labels, -1)), tf.int32)))
-        total += int(tf.shape(labels)[0])
-    return correct / max(total, 1)
+def _epoch_numbers(first: int) -> tf.data.Dataset:
+    """An endless repetition of this iteration's epoch number: ``first``, then one more per iteration.
 
-
-def tta_weights(level: int) -> list[float]:
-    """The weight of each view of ``tta_views(images, level)``, in order; checks ``level``."""
-    if level not in (0, 1, 2):
-        raise ValueError(f"test-time augmentation level must be 0, 1 or 2, got {level}")
-    return {0: [1.0], 1: [1 / 2] * 2, 2: [1 / 4] * 2 + [1 / 8] * 4}[level]
-
-
-def tta_views(images: tf.Tensor, level: int) -> list[tuple[float, tf.Tensor]]:
-    """``(weight, view)`` pairs whose weighted predictions average to the TTA prediction.
-
-    Level 0: the image. 1: the image and its mirror, 1/2 each. 2 (airbench94's): those two with
-    weight 1/4 each, and the mirror pair of the image shifted one pixel up-left and of the image
-    shifted one pixel down-right (reflect padding) with 1/8 each: the shifts match the 2-pixel
-    translation seen in training. NHWC: axis 2 is the width.
+    The count is the pipeline's own, so it needs no callback and a resumed run (``first`` =
+    ``skip_epochs``) goes on where it stopped: each iterator takes a number when it yields its
+    first batch. tf.data starts an iterator's work at its first pull, so the iterator that
+    ``keras.Model.fit`` makes at an epoch's end and discards takes none (tests/test_recipe_pieces.py).
     """
-    weights = tta_weights(level)
-    if level == 0:
-        return [(1.0, images)]
-    views = [images]
-    if level == 2:
-        height, width = images.shape[1], images.shape[2]
-        padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
-        views += [padded[:, :height, :width, :], padded[:, 2:height + 2, 2:width + 2, :]]
-    mirrored = [v for view in views for v in (view, tf.reverse(view, axis=[2]))]
-    return list(zip(weights, mirrored, strict=True))
-
-
-def tta_predict_fn(model: keras.Model, level: int) -> Any:
-    """A traced ``images -> probabilities`` averaged over ``tta_views(images, level)``."""
-    tta_weights(level)  # check the level now, not at the first call
-
-    @tf.function(reduce_retracing=True)
-    def predict(images: tf.Tensor) -> tf.Tensor:
-        return tf.add_n([w * model(view, training=False) for w, view in tta_views(images, level)])
-
-    return predict
+    counter = tf.Variable(first, dtype=tf.int64, trainable=False, name="epoch_counter")
+    numbers = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).map(
+        lambda _: counter.assign_add(1) - 1)
+    return numbers.flat_map(lambda epoch: tf.data.Dataset.from_tensors(epoch).repeat())

@@ -21,6 +21,16 @@ re-running the stage continues from there, and the folder is removed once the ou
 Determinism: ``keras.utils.set_random_seed(seed)`` and TensorFlow op determinism, so two runs on
 the CPU give the same metrics.
 
+Steps: ``train_variant`` is a composition of public steps that the benchmarks call too, so they
+train what the stage trains without rebuilding it: ``load_data`` (prepared splits, one-hot
+labels, normalization), ``start_run`` (fresh seeded session; epochs, steps, precision, strategy),
+``train_dataset`` / ``val_dataset``, ``build`` (the compiled model under the run's strategy and
+precision), ``training_callbacks`` (the ones that change what is trained: plateau, early
+stopping, lookahead, whitening-bias freeze), ``stage_callbacks`` (those plus timer, TTA
+validation, best-model saver, dvclive, epoch backup), ``fit``, ``write_best_model``,
+``summarize`` and ``write_sidecar``. ``averaged_weights`` lends a model its optimizer's EMA
+weights for a test during training and gives the training weights back exactly.
+
 Reads ``data/prepared/{train,val}.npz``, ``meta.json``, ``normalization.json``.
 Run by ``python -m stages.train --variant <name> ...`` (``dvc repro train@<name>``).
 """
@@ -35,6 +45,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +53,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cifar_dvc import artifacts, atomic, config, models
+from cifar_dvc import artifacts, atomic, config, inference, models
 from cifar_dvc.errors import DataError
 from cifar_dvc.modelinfo import ModelInfo, save_info
 from cifar_dvc.normalization import STATS_FILE, NormStats, load_stats, normalize
 from cifar_dvc.training import data, distribute, optim, precision, resume
 from cifar_dvc.training.augment import build_augmenter
+from cifar_dvc.training.callbacks import recipe_callbacks
 from cifar_dvc.training.variant import TrainParams, VariantParams
 
 # Training images that set data-dependent weights (airbench: 5,000 give a stable patch covariance).
@@ -104,6 +116,241 @@ def build_compiled_model(variant: VariantParams, train: TrainParams, image_shape
     return model
 
 
+@dataclasses.dataclass
+class TrainingData:
+    """A prepared data directory as training reads it (``load_data``)."""
+
+    meta: artifacts.Meta
+    stats: NormStats
+    train: artifacts.Split
+    val: artifacts.Split
+    train_labels: np.ndarray  # prepare's y_onehot rows (float32), checked against train.y
+    val_labels: np.ndarray
+
+
+@dataclasses.dataclass
+class Run:
+    """One run's settings, fixed once by ``start_run``: what every later step reads."""
+
+    name: str
+    variant: VariantParams
+    train: TrainParams
+    seed: int
+    epochs: int  # the variant's, capped by train.max_epochs
+    steps_per_epoch: int
+    precision: str  # the Keras dtype policy train.precision resolved to
+    strategy: tf.distribute.Strategy
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """The distribution strategy and dtype policy the model and its optimizer are built under."""
+        with self.strategy.scope(), precision.policy(self.precision):
+            yield
+
+
+@dataclasses.dataclass
+class StageCallbacks:
+    """The stage's callbacks in fit's order, and the ones its summary reads."""
+
+    callbacks: list[keras.callbacks.Callback]
+    timer: _EpochTimer
+    saver: _BestModelSaver
+    backup: resume.EpochBackup  # last in ``callbacks``; keeps the history and the clocks
+
+
+def load_data(data_dir: Path | str) -> TrainingData:
+    """Read and check the prepared ``train``/``val`` splits, ``meta.json`` and the normalization."""
+    data_dir = Path(data_dir)
+    meta = artifacts.load_meta(data_dir)
+    stats = load_stats(data_dir / STATS_FILE)
+    train_split = artifacts.load_split(data_dir / "train.npz")
+    val_split = artifacts.load_split(data_dir / "val.npz")
+    if len(train_split) == 0 or len(val_split) == 0:
+        raise DataError(f"{data_dir}: train and val splits must not be empty "
+                        f"(got {len(train_split)} and {len(val_split)} images)")
+    if tuple(train_split.x.shape[1:]) != tuple(meta.image_shape):
+        raise DataError(f"{data_dir}/train.npz: images of shape {train_split.x.shape[1:]}, "
+                        f"meta.json says {meta.image_shape}")
+    # one-hot encoding is prepare's: train on its y_onehot (validation with TTA scores the integer y)
+    train_labels = artifacts.onehot_labels(train_split, data_dir / "train.npz", meta.num_classes)
+    val_labels = artifacts.onehot_labels(val_split, data_dir / "val.npz", meta.num_classes)
+    return TrainingData(meta, stats, train_split, val_split, train_labels, val_labels)
+
+
+def start_run(name: str, variant: VariantParams, train: TrainParams, seed: int, train_images: int) -> Run:
+    """Start a run of ``train_images`` images: a fresh Keras session, seeded and deterministic, and
+    the run's epochs, steps, precision and strategy.
+
+    Call it before any other step: the augmenter and the model draw from the seeds it sets, so the
+    same calls in the same order give the same weights bit for bit.
+    """
+    keras.backend.clear_session()
+    set_determinism(seed)
+    return Run(name=name, variant=variant, train=train, seed=seed, epochs=train.epochs_for(variant),
+               steps_per_epoch=math.ceil(train_images / variant.batch_size),
+               precision=precision.resolve(train.precision), strategy=select_strategy())
+
+
+def train_dataset(run: Run, x: np.ndarray, y_onehot: np.ndarray, stats: NormStats,
+                  skip_epochs: int = 0) -> tuple[tf.data.Dataset, keras.Layer | None]:
+    """The run's shuffled, augmented training batches, and the augmenter (its random state is part
+    of a resumable run). ``skip_epochs``: start where a run stopped after that many epochs."""
+    augmenter = build_augmenter(run.variant.augment, run.seed)
+    ds = data.make_dataset(x, y_onehot, stats, run.variant.batch_size, shuffle=True, seed=run.seed,
+                           augmenter=augmenter, group=data.group_for(run.variant.batch_size),
+                           skip_epochs=skip_epochs, alternate_flip=run.variant.augment.alternate_flip)
+    return ds, augmenter
+
+
+def val_dataset(run: Run, x: np.ndarray, y_onehot: np.ndarray, stats: NormStats) -> tf.data.Dataset:
+    """The run's validation batches: in order, normalized, not augmented."""
+    return data.make_dataset(x, y_onehot, stats, run.variant.batch_size, shuffle=False, seed=run.seed)
+
+
+def build(run: Run, image_shape: tuple[int, int, int], num_classes: int, stats: NormStats,
+          init_images: np.ndarray | None = None) -> keras.Model:
+    """The variant's compiled model under the run's strategy and precision (``build_compiled_model``)."""
+    with run.scope():
+        return build_compiled_model(run.variant, run.train, image_shape, num_classes, stats,
+                                    run.steps_per_epoch, run.epochs, init_images=init_images)
+
+
+def training_callbacks(run: Run, state_dir: Path | None = None
+                       ) -> tuple[list[keras.callbacks.Callback], dict[str, resume.Stateful]]:
+    """The callbacks that change what is trained, in fit's order: the plateau schedule, early
+    stopping and the recipe's (lookahead, whitening-bias freeze); and each one's resumable state by
+    name. ``state_dir``: where the lookahead keeps its average for a resume (None = not resumable).
+    """
+    variant = run.variant
+    callbacks: list[keras.callbacks.Callback] = []
+    stateful: dict[str, resume.Stateful] = {}
+    plateau = optim.plateau_callback(variant.schedule)
+    if plateau is not None:
+        callbacks.append(plateau)
+        stateful["plateau"] = resume.AttributeState(plateau, ("wait", "best", "cooldown_counter"))
+    if variant.early_stopping is not None:
+        stopper = keras.callbacks.EarlyStopping(monitor=variant.monitor, mode=variant.monitor_mode,
+                                                patience=variant.early_stopping)
+        callbacks.append(stopper)
+        stateful["early_stopping"] = resume.AttributeState(stopper, ("wait", "best", "best_epoch"))
+    recipe = recipe_callbacks(variant, run.steps_per_epoch, run.epochs, state_dir=state_dir)
+    callbacks += recipe.values()
+    stateful.update(recipe)
+    return callbacks, stateful
+
+
+def stage_callbacks(run: Run, prepared: TrainingData, live_dir: Path, backup_dir: Path, run_id: str,
+                    augmenter: keras.Layer | None = None,
+                    resumed: dict[str, Any] | None = None) -> StageCallbacks:
+    """``training_callbacks`` inside the stage's bookkeeping: the epoch timer, the learning-rate log
+    and validation with TTA before them (they may monitor ``val_tta_accuracy``); the best-model
+    saver (into ``backup_dir``), dvclive (into ``live_dir``) and the epoch backup after them.
+    ``resumed`` (``resume.load_state``) restores them all and replays the logged curves.
+    """
+    from dvclive import Live
+    from dvclive.keras import DVCLiveCallback
+    from dvclive.utils import standardize_metric_name
+
+    variant, meta = run.variant, prepared.meta
+    timer = _EpochTimer()
+    saver = _BestModelSaver(backup_dir / resume.BEST_MODEL, variant.monitor, variant.monitor_mode,
+                            enabled=variant.checkpoint == "best")
+    callbacks: list[keras.callbacks.Callback] = [timer, _LearningRateLogger()]
+    if variant.tta:
+        val_info = ModelInfo(run.name, meta.dataset, list(meta.classes), tuple(meta.image_shape),
+                             prepared.stats, tta=variant.tta)
+        callbacks.append(_TTAValidation(val_info, prepared.val.x, prepared.val.y, variant.batch_size))
+    recipe, recipe_state = training_callbacks(run, state_dir=backup_dir)
+    callbacks += recipe
+    stateful: dict[str, resume.Stateful] = {"timer": timer, "best": saver, **recipe_state}
+    live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    live.log_params({"variant": run.name, "seed": run.seed, "epochs": run.epochs,
+                     "precision": run.precision, **config.to_dict(variant)})
+    for logs in resumed["history"] if resumed else []:  # the curves of the epochs done before
+        for metric, value in logs.items():
+            live.log_metric(standardize_metric_name(metric, "dvclive.keras"), value)
+        live.next_step()
+    backup = resume.EpochBackup(backup_dir, run_id, stateful, augmenter=augmenter, resumed=resumed)
+    callbacks += [saver, DVCLiveCallback(live=live), backup]  # backup last: it saves the others
+    return StageCallbacks(callbacks, timer, saver, backup)
+
+
+def fit(run: Run, model: keras.Model, train_ds: tf.data.Dataset, callbacks: list[keras.callbacks.Callback],
+        val_ds: tf.data.Dataset | None = None, initial_epoch: int = 0) -> keras.callbacks.History:
+    """Train ``model`` for the run's epochs (from ``initial_epoch``), verbose as ``train.verbose``."""
+    # shuffle=False: the dataset shuffles itself, deterministically (cifar_dvc.training.data)
+    return model.fit(train_ds, validation_data=val_ds, epochs=run.epochs, callbacks=callbacks,
+                     shuffle=False, initial_epoch=initial_epoch, verbose=fit_verbosity(run.train.verbose))
+
+
+@contextlib.contextmanager
+def averaged_weights(model: keras.Model) -> Iterator[keras.Model]:
+    """Within the block ``model`` holds its optimizer's EMA weights (``optimizer.use_ema``), as
+    fit leaves them at its end (what ``checkpoint: last`` saves); the training weights come back,
+    exactly, after it. Without EMA the model is left as it is (lookahead copies its average
+    into the model itself).
+    """
+    if not getattr(model.optimizer, "use_ema", False):
+        yield model
+        return
+    saved = model.get_weights()  # a copy: a swap by arithmetic would not restore them bit for bit
+    # The public call fit makes at its end, on the same variables (model.trainable_weights).
+    model.optimizer.finalize_variable_values(model.trainable_weights)
+    try:
+        yield model
+    finally:
+        model.set_weights(saved)
+
+
+def write_best_model(run: Run, model: keras.Model, staged: Path, model_path: Path) -> None:
+    """Copy the run's model to ``model_path`` atomically: the best epoch's, which the saver staged,
+    or with ``checkpoint: last`` the model as fit left it (EMA weights, if the optimizer keeps them)."""
+    if run.variant.checkpoint == "last":
+        save_model(model, staged)
+    if not staged.exists():  # every epoch's monitored value was NaN
+        raise DataError(f"train@{run.name}: {run.variant.monitor} was not finite in any epoch (training "
+                        "diverged); nothing saved. Try a lower optimizer.learning_rate")
+    with atomic.atomic_path(model_path) as tmp:  # a copy: the backup may be on another disk
+        shutil.copyfile(staged, tmp)
+
+
+def summarize(run: Run, model: keras.Model, prepared: TrainingData, stage: StageCallbacks) -> TrainResult:
+    """The run's per-epoch history and the training summary the sidecar keeps."""
+    variant, backup, saver = run.variant, stage.backup, stage.saver
+    hist = {k: [logs.get(k, math.nan) for logs in backup.history] for k in backup.history[0]}
+    epochs_run = len(backup.history)
+    summary = {
+        "model": variant.model,
+        "seed": run.seed,
+        "epochs_planned": run.epochs,
+        "epochs_run": epochs_run,
+        "batch_size": variant.batch_size,
+        "checkpoint": variant.checkpoint,
+        "monitor": variant.monitor,
+        "best_epoch": saver.best_epoch if variant.checkpoint == "best" else epochs_run,
+        "best_value": saver.best if variant.checkpoint == "best" else hist.get(variant.monitor, [None])[-1],
+        "precision": run.precision,
+        "resumed_after_epoch": backup.initial_epoch,
+        "seconds": round(backup.seconds, 2),
+        "cpu_seconds": round(backup.cpu_seconds, 2),  # all threads: compare machines by CPU time, not wall
+        "train_seconds": round(stage.timer.seconds, 2),
+        "images_per_second": round(len(prepared.train) * epochs_run / max(stage.timer.seconds, 1e-9), 1),
+        "params": int(model.count_params()),
+        "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        "train_images": len(prepared.train),
+        "val_images": len(prepared.val),
+    }
+    return TrainResult(history=hist, summary=summary)
+
+
+def write_sidecar(run: Run, prepared: TrainingData, model_path: Path, summary: dict[str, Any]) -> None:
+    """Write the model's sidecar (``cifar_dvc.modelinfo``): classes, shape, normalization, TTA, summary."""
+    meta = prepared.meta
+    save_info(model_path, ModelInfo(name=run.name, dataset=meta.dataset, classes=list(meta.classes),
+                                    image_shape=tuple(meta.image_shape), normalization=prepared.stats,
+                                    training=summary, tta=run.variant.tta))
+
+
 def train_variant(name: str, variant: VariantParams, train: TrainParams, seed: int, data_dir: Path | str,
                   model_path: Path | str, live_dir: Path | str,
                   backup_dir: Path | str | None = None) -> TrainResult:
@@ -130,119 +377,38 @@ def train_variant(name: str, variant: VariantParams, train: TrainParams, seed: i
 
 def _train_one(name: str, variant: VariantParams, train: TrainParams, seed: int, data_dir: Path,
                model_path: Path, live_dir: Path, backup_dir: Path) -> TrainResult:
-    from dvclive import Live
-    from dvclive.keras import DVCLiveCallback
-    from dvclive.utils import standardize_metric_name
-
-    meta = artifacts.load_meta(data_dir)
-    stats = load_stats(data_dir / STATS_FILE)
-    train_split = artifacts.load_split(data_dir / "train.npz")
-    val_split = artifacts.load_split(data_dir / "val.npz")
-    if len(train_split) == 0 or len(val_split) == 0:
-        raise DataError(f"{data_dir}: train and val splits must not be empty "
-                        f"(got {len(train_split)} and {len(val_split)} images)")
-    if tuple(train_split.x.shape[1:]) != tuple(meta.image_shape):
-        raise DataError(f"{data_dir}/train.npz: images of shape {train_split.x.shape[1:]}, "
-                        f"meta.json says {meta.image_shape}")
-
-    keras.backend.clear_session()
-    set_determinism(seed)
-    epochs = train.epochs_for(variant)
-    steps_per_epoch = math.ceil(len(train_split) / variant.batch_size)
-    dtype_policy = precision.resolve(train.precision)
-    run_id = resume.fingerprint(variant=config.to_dict(variant), epochs=epochs, seed=seed,
-                                precision=dtype_policy, train=resume.file_digest(data_dir / "train.npz"),
+    """The stage's composition of the steps above, with the backup and resume around them."""
+    prepared = load_data(data_dir)
+    run = start_run(name, variant, train, seed, len(prepared.train))
+    run_id = resume.fingerprint(variant=config.to_dict(variant), epochs=run.epochs, seed=seed,
+                                precision=run.precision, train=resume.file_digest(data_dir / "train.npz"),
                                 val=resume.file_digest(data_dir / "val.npz"))
     resumed = resume.load_state(backup_dir, run_id)
     backup_dir.mkdir(parents=True, exist_ok=True)
     if resumed:
-        print(f"train@{name}: resuming after epoch {resumed['epoch']} of {epochs} from {backup_dir}",
+        print(f"train@{name}: resuming after epoch {resumed['epoch']} of {run.epochs} from {backup_dir}",
               flush=True)
-    strategy = select_strategy()
-    augmenter = build_augmenter(variant.augment, seed)
-    train_ds = data.make_dataset(train_split.x, train_split.y, meta.num_classes, stats, variant.batch_size,
-                                 shuffle=True, seed=seed, augmenter=augmenter,
-                                 group=data.group_for(variant.batch_size),
-                                 skip_epochs=resumed["epoch"] if resumed else 0)
+    train_ds, augmenter = train_dataset(run, prepared.train.x, prepared.train_labels, prepared.stats,
+                                        skip_epochs=resumed["epoch"] if resumed else 0)
     if resumed:
         resume.set_generator_states(augmenter, resumed["generators"])
-    val_ds = data.make_dataset(val_split.x, val_split.y, meta.num_classes, stats, variant.batch_size,
-                               shuffle=False, seed=seed)
-    with strategy.scope(), precision.policy(dtype_policy):
-        model = build_compiled_model(variant, train, meta.image_shape, meta.num_classes, stats,
-                                     steps_per_epoch, epochs, init_images=train_split.x)
-        if resumed:  # fit() builds the optimizer lazily: its saved moments need variables to load into
+    val_ds = val_dataset(run, prepared.val.x, prepared.val_labels, prepared.stats)
+    model = build(run, prepared.meta.image_shape, prepared.meta.num_classes, prepared.stats,
+                  init_images=prepared.train.x)
+    if resumed:  # fit() builds the optimizer lazily: its saved moments need variables to load into
+        with run.scope():
             model.optimizer.build(model.trainable_variables)
 
     model_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_dir(live_dir) as live_tmp:
-        staged = backup_dir / resume.BEST_MODEL  # survives an interruption with the rest of the backup
-        timer = _EpochTimer()
-        saver = _BestModelSaver(staged, variant.monitor, variant.monitor_mode,
-                                enabled=variant.checkpoint == "best")
-        stateful: dict[str, resume.Stateful] = {"timer": timer, "best": saver}
-        callbacks: list[keras.callbacks.Callback] = [timer, _LearningRateLogger()]
-        if variant.tta:
-            callbacks.append(_TTAValidation(val_ds, variant.tta))
-        plateau = optim.plateau_callback(variant.schedule)
-        if plateau is not None:
-            callbacks.append(plateau)
-            stateful["plateau"] = resume.AttributeState(plateau, ("wait", "best", "cooldown_counter"))
-        if variant.early_stopping is not None:
-            stopper = keras.callbacks.EarlyStopping(monitor=variant.monitor, mode=variant.monitor_mode,
-                                                    patience=variant.early_stopping)
-            callbacks.append(stopper)
-            stateful["early_stopping"] = resume.AttributeState(stopper, ("wait", "best", "best_epoch"))
-        live = Live(dir=str(live_tmp), dvcyaml=False, save_dvc_exp=False, report=None)
-        live.log_params({"variant": name, "seed": seed, "epochs": epochs, "precision": dtype_policy,
-                         **config.to_dict(variant)})
-        for logs in resumed["history"] if resumed else []:  # the curves of the epochs done before
-            for metric, value in logs.items():
-                live.log_metric(standardize_metric_name(metric, "dvclive.keras"), value)
-            live.next_step()
-        backup = resume.EpochBackup(backup_dir, run_id, stateful, augmenter=augmenter, resumed=resumed)
-        callbacks += [saver, DVCLiveCallback(live=live), backup]  # backup last: it saves the others
+        stage = stage_callbacks(run, prepared, live_tmp, backup_dir, run_id, augmenter, resumed)
+        fit(run, model, train_ds, stage.callbacks, val_ds=val_ds, initial_epoch=stage.backup.initial_epoch)
+        write_best_model(run, model, backup_dir / resume.BEST_MODEL, model_path)
 
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, shuffle=False,
-                  initial_epoch=backup.initial_epoch, verbose=fit_verbosity(train.verbose))
-        if variant.checkpoint == "last":
-            # fit() has copied the EMA weights into the model, if the optimizer keeps them.
-            save_model(model, staged)
-        if not staged.exists():  # every epoch's monitored value was NaN
-            raise DataError(f"train@{name}: {variant.monitor} was not finite in any epoch (training "
-                            "diverged); nothing saved. Try a lower optimizer.learning_rate")
-        with atomic.atomic_path(model_path) as tmp:  # a copy: the backup may be on another disk
-            shutil.copyfile(staged, tmp)
-
-    hist = {k: [logs.get(k, math.nan) for logs in backup.history] for k in backup.history[0]}
-    epochs_run = len(backup.history)
-    seconds, cpu_seconds = backup.seconds, backup.cpu_seconds
-    summary = {
-        "model": variant.model,
-        "seed": seed,
-        "epochs_planned": epochs,
-        "epochs_run": epochs_run,
-        "batch_size": variant.batch_size,
-        "checkpoint": variant.checkpoint,
-        "monitor": variant.monitor,
-        "best_epoch": saver.best_epoch if variant.checkpoint == "best" else epochs_run,
-        "best_value": saver.best if variant.checkpoint == "best" else hist.get(variant.monitor, [None])[-1],
-        "precision": dtype_policy,
-        "resumed_after_epoch": backup.initial_epoch,
-        "seconds": round(seconds, 2),
-        "cpu_seconds": round(cpu_seconds, 2),  # all threads: compare machines by CPU time, not wall
-        "train_seconds": round(timer.seconds, 2),
-        "images_per_second": round(len(train_split) * epochs_run / max(timer.seconds, 1e-9), 1),
-        "params": int(model.count_params()),
-        "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-        "train_images": len(train_split),
-        "val_images": len(val_split),
-    }
-    save_info(model_path, ModelInfo(name=name, dataset=meta.dataset, classes=list(meta.classes),
-                                    image_shape=tuple(meta.image_shape), normalization=stats,
-                                    training=summary))
+    result = summarize(run, model, prepared, stage)
+    write_sidecar(run, prepared, model_path, result.summary)
     resume.clear(backup_dir)
-    return TrainResult(history=hist, summary=summary)
+    return result
 
 
 def save_model(model: keras.Model, path: Path) -> None:
@@ -290,15 +456,17 @@ class _LearningRateLogger(keras.callbacks.Callback):
 
 
 class _TTAValidation(keras.callbacks.Callback):
-    """Adds ``val_tta_accuracy``: validation accuracy with test-time augmentation ``level``."""
+    """Adds ``val_tta_accuracy``: validation accuracy with test-time augmentation ``info.tta``,
+    predicted as ``evaluate`` predicts (``cifar_dvc.inference.predict``)."""
 
-    def __init__(self, val_ds: tf.data.Dataset, level: int) -> None:
+    def __init__(self, info: ModelInfo, x: np.ndarray, y: np.ndarray, batch_size: int) -> None:
         super().__init__()
-        self.val_ds, self.level = val_ds, level
+        self.info, self.x, self.y, self.batch_size = info, x, y, batch_size
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:
-            logs["val_tta_accuracy"] = data.tta_accuracy(self.model, self.val_ds, self.level)
+            probs = inference.predict(self.model, self.info, self.x, self.info.tta or 0, self.batch_size)
+            logs["val_tta_accuracy"] = float(np.mean(probs.argmax(axis=1) == self.y)) if len(self.y) else 0.0
 
 
 class _BestModelSaver(keras.callbacks.Callback):

@@ -11,6 +11,9 @@ validation metrics, so it is a ``ReduceLROnPlateau`` callback instead.
 - ``plateau``: ``ReduceLROnPlateau(monitor, factor, patience, min_delta, min_lr)`` (seed 002).
 - ``onecycle``: piecewise linear per step: ``start_factor * lr`` -> ``lr`` over ``warmup_epochs``,
   then -> ``end_factor * lr`` at the last step (linear warm-up + linear decay to 0, as airbench).
+- ``triangle``: airbench94's own (utils.py ``triangle(steps, start=0.2, end=0.07, peak=0.23)``):
+  ``start_factor * lr`` -> ``lr`` at step ``int(peak_fraction * total steps)`` -> ``end_factor * lr``
+  at the total; the peak is a fraction of the run, so it follows ``epochs`` and ``train.max_epochs``.
 
 Reads and writes nothing. Used by ``cifar_dvc.training.loop``.
 """
@@ -102,6 +105,13 @@ def build_schedule(params: ScheduleParams, learning_rate: float, steps_per_epoch
         steps = [0.0, warmup, total] if warmup > 0 else [0.0, total]
         factors = [params.start_factor, 1.0, params.end_factor] if warmup > 0 else [1.0, params.end_factor]
         return PiecewiseLinear(steps, [learning_rate * f for f in factors])
+    if params.name == "triangle":
+        total = steps_per_epoch * epochs
+        # airbench: xp = [0, int(peak * steps), steps], fp = [start, 1, end], evaluated at the
+        # step count before each optimizer step (LambdaLR), as Keras' iteration count is here.
+        peak = float(int(params.peak_fraction * total))
+        return PiecewiseLinear([0.0, peak, float(total)],
+                               [learning_rate * f for f in (params.start_factor, 1.0, params.end_factor)])
     raise ValueError(f"unknown schedule {params.name!r}")
 
 

@@ -24,9 +24,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
+if TYPE_CHECKING:  # Keras is imported where a policy or a model is handled, so reading the CPU's
+    import keras  # flags (benchmarks, `auto`) stays cheap
+
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 CPUINFO = Path("/proc/cpuinfo")
@@ -45,6 +47,17 @@ def cpu_flags(path: Path | str | None = None) -> set[str]:
         if line.startswith(("flags", "Features")) and ":" in line:
             return set(line.split(":", 1)[1].split())
     return set()
+
+
+def cpu_model(path: Path | str | None = None) -> str:
+    """The CPU's model name (``model name`` in ``/proc/cpuinfo``), else what ``platform`` says."""
+    import platform
+
+    with contextlib.suppress(OSError):
+        for line in Path(CPUINFO if path is None else path).read_text(errors="replace").splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def gpu_compute_capabilities() -> list[tuple[int, int]]:
@@ -81,6 +94,8 @@ def resolve(setting: str, flags: set[str] | None = None,
 @contextlib.contextmanager
 def policy(name: str) -> Iterator[None]:
     """Build and train under Keras' global dtype policy ``name``; the previous one is restored."""
+    import keras
+
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(name)
     try:
@@ -120,6 +135,8 @@ def float32_copy(model: keras.Model) -> keras.Model:
     order, so ``set_weights`` maps one to one. Mixed-precision variables are float32 already, so
     no weight loses precision.
     """
+    import keras
+
     if is_float32(model):
         return model
     config = _float32_config(keras.saving.serialize_keras_object(model))

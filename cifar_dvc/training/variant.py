@@ -43,6 +43,7 @@ class OptimizerParams:
     ema_momentum: float = 0.99  # EMA decay per step
     ema_overwrite_frequency: int | None = None  # steps between EMA copies; null = at the end
     norm_bias_lr_scale: float = 1.0  # sgd only: BatchNorm shifts learn this many times faster (airbench: 64)
+    lookahead: bool = False  # airbench's lookahead: every 5 steps average all weights + BN stats, copy back
 
     def validate(self) -> None:
         if self.learning_rate <= 0:
@@ -54,13 +55,16 @@ class OptimizerParams:
         if self.norm_bias_lr_scale != 1 and self.name != "sgd":
             # Adam-style optimizers normalize the gradient: scaling it would change nothing.
             raise ValueError(f"norm_bias_lr_scale needs name: sgd, got {self.name!r}")
+        if self.lookahead and self.use_ema:
+            raise ValueError("lookahead and use_ema are two weight averages: choose one")
 
 
 @dataclasses.dataclass
 class ScheduleParams:
     """``variants.<name>.schedule``: how the learning rate moves during training."""
 
-    name: Literal["constant", "inverse_time", "step", "plateau", "onecycle"] = "constant"  # see below
+    name: Literal["constant", "inverse_time", "step", "plateau", "onecycle",
+                  "triangle"] = "constant"  # see optim.py
     decay: float = 0.0  # inverse_time: lr / (1 + decay * step), Keras 2's optimizer `decay` argument
     boundaries: list[float] = dataclasses.field(default_factory=list)  # step: epochs where lr *= factor
     factor: float = 0.1  # step and plateau: multiplier applied to the learning rate
@@ -69,14 +73,17 @@ class ScheduleParams:
     min_delta: float = 1e-4  # plateau: smallest change that counts as improvement
     min_lr: float = 0.0  # plateau: lower bound of the learning rate
     warmup_epochs: float = 0.0  # onecycle: epochs of linear warm-up from start_factor*lr to lr
-    start_factor: float = 0.0  # onecycle: learning-rate multiplier at step 0
-    end_factor: float = 0.0  # onecycle: multiplier reached linearly at the last step of training
+    start_factor: float = 0.0  # onecycle, triangle: learning-rate multiplier at step 0
+    end_factor: float = 0.0  # onecycle, triangle: multiplier reached linearly at the last step of training
+    peak_fraction: float = 0.23  # triangle: the peak (lr) at this fraction of all steps (airbench: 0.23)
 
     def validate(self) -> None:
         if self.boundaries != sorted(self.boundaries) or any(b <= 0 for b in self.boundaries):
             raise ValueError(f"schedule.boundaries must be increasing positive epochs, got {self.boundaries}")
         if self.warmup_epochs < 0 or self.factor <= 0 or self.decay < 0:
             raise ValueError("schedule.warmup_epochs and decay must be >= 0 and factor > 0")
+        if not 0 <= self.peak_fraction <= 1:
+            raise ValueError(f"schedule.peak_fraction must be in [0, 1], got {self.peak_fraction}")
 
 
 @dataclasses.dataclass
@@ -88,6 +95,7 @@ class AugmentParams:
     """
 
     flip: bool = False  # random horizontal flip
+    alternate_flip: bool = False  # with flip: each image mirrored every other epoch, not at random (airbench)
     shift: float = 0.0  # random translation, fraction of height and width (ImageDataGenerator *_shift_range)
     crop_padding: int = 0  # pad by this many pixels (reflect) and crop back at a random place; 0 = off
     rotation: float = 0.0  # random rotation up to this many degrees either way
@@ -103,6 +111,8 @@ class AugmentParams:
                 raise ValueError(f"augment.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.zoom_out < 0 or self.rotation < 0 or self.cutout < 0 or self.crop_padding < 0:
             raise ValueError("augment.zoom_out, rotation, cutout and crop_padding must be >= 0")
+        if self.alternate_flip and not self.flip:
+            raise ValueError("augment.alternate_flip changes how flip works: it needs flip: true")
 
     @property
     def enabled(self) -> bool:
@@ -128,6 +138,7 @@ class VariantParams:
     early_stopping: int | None = None  # stop after this many epochs without `monitor` improving; null = never
     steps_per_execution: int | None = None  # batches per compiled call; null = train.steps_per_execution
     tta: int = 0  # test-time augmentation (val, evaluate): 0 none, 1 + mirror, 2 + mirrored 1-px shifts
+    whiten_bias_epochs: int = 0  # epochs the whitening stem's bias trains, then frozen (airbench: 3); 0 = off
 
     def validate(self) -> None:
         if not self.model:
@@ -136,12 +147,21 @@ class VariantParams:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.tta not in (0, 1, 2):
-            raise ValueError(f"tta must be 0, 1 or 2, got {self.tta}")
+        from cifar_dvc.inference import TTA_LEVELS  # the levels' one definition (no TensorFlow import)
+
+        if self.tta not in TTA_LEVELS:
+            raise ValueError(f"tta must be one of {', '.join(map(str, TTA_LEVELS))}, got {self.tta}")
         if "val_tta_accuracy" in (self.monitor, self.schedule.monitor) and not self.tta:
             raise ValueError("monitor val_tta_accuracy needs tta: 1 or 2")
         if self.steps_per_execution is not None and self.steps_per_execution < 1:
             raise ValueError("steps_per_execution must be >= 1")
+        if self.optimizer.lookahead and self.steps_per_execution != 1:
+            # Keras calls a callback once per execution; averaging every 5 steps needs every step.
+            raise ValueError("optimizer.lookahead needs steps_per_execution: 1")
+        if self.whiten_bias_epochs < 0:
+            raise ValueError(f"whiten_bias_epochs must be >= 0, got {self.whiten_bias_epochs}")
+        if self.whiten_bias_epochs and not self.model_args.get("whiten_bias"):
+            raise ValueError("whiten_bias_epochs needs model_args.whiten_bias: true")
 
     @property
     def monitor_mode(self) -> str:

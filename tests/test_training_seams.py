@@ -1,0 +1,148 @@
+"""The steps of ``cifar_dvc.training.loop`` compose to what ``train_variant`` trains, and the
+benchmarks that call them (``fast_recipe``, ``train_throughput``) run on the tiny synthetic set."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+from cifar_dvc import artifacts, config
+from cifar_dvc.training import loop
+from cifar_dvc.training.variant import TrainParams, VariantParams
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = TrainParams(verbose="silent")
+# Metrics of the fit itself (the stage adds learning_rate and, with TTA, val_tta_accuracy).
+FIT_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def _variant(**overrides) -> VariantParams:
+    entry = {"model": "mlp", "model_args": {"hidden_units": 32}, "epochs": 2, "batch_size": 32,
+             "augment": {"flip": True, "shift": 0.1}, "checkpoint": "last", **overrides}
+    return config.from_dict(VariantParams, entry, where="variants.tiny")
+
+
+def _composed(variant: VariantParams, train: TrainParams, seed: int, data_dir: Path,
+              extra: list[keras.callbacks.Callback] = ()) -> tuple[keras.Model, dict[str, list[float]]]:
+    """A run built from the steps, as a benchmark builds one: no dvclive, backup or sidecar."""
+    prepared = loop.load_data(data_dir)
+    run = loop.start_run("tiny", variant, train, seed, len(prepared.train))
+    train_ds, _ = loop.train_dataset(run, prepared.train.x, prepared.train_labels, prepared.stats)
+    val_ds = loop.val_dataset(run, prepared.val.x, prepared.val_labels, prepared.stats)
+    model = loop.build(run, prepared.meta.image_shape, prepared.meta.num_classes, prepared.stats,
+                       init_images=prepared.train.x)
+    callbacks, _ = loop.training_callbacks(run)
+    history = loop.fit(run, model, train_ds, [*callbacks, *extra], val_ds=val_ds)
+    return model, history.history
+
+
+def test_the_steps_compose_to_train_variant(tmp_path: Path, prepared_dir: Path) -> None:
+    """Same seed: the steps alone train, bit for bit, what the stage trains and saves."""
+    # A plateau schedule that acts at every epoch: the recipe's callbacks must be the stage's.
+    variant = _variant(schedule={"name": "plateau", "patience": 0, "factor": 0.5, "min_delta": 1.0},
+                       monitor="val_loss", early_stopping=5)
+    result = loop.train_variant("tiny", variant, QUIET, 7, prepared_dir, tmp_path / "tiny.keras",
+                                tmp_path / "live")
+    model, history = _composed(variant, QUIET, 7, prepared_dir)
+    for metric in FIT_METRICS:
+        assert history[metric] == result.history[metric], metric
+    # the plateau acted (at the last epoch's end, after its rate was logged)
+    final_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    assert final_rate < result.history["learning_rate"][0]
+    saved = keras.models.load_model(tmp_path / "tiny.keras")
+    for mine, stage in zip(model.get_weights(), saved.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, stage)
+
+
+def test_averaged_weights_lends_the_ema_weights_and_gives_the_training_ones_back(prepared_dir: Path) -> None:
+    variant = _variant(optimizer={"name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "use_ema": True,
+                                  "ema_momentum": 0.5})
+    seen: dict[str, list[np.ndarray]] = {}
+
+    class Probe(keras.callbacks.Callback):
+        """At the first epoch's end, as the fast_recipe benchmark tests: before, inside, after."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if epoch == 0:
+                seen["before"] = self.model.get_weights()
+                with loop.averaged_weights(self.model) as lent:
+                    seen["inside"] = lent.get_weights()
+                seen["after"] = self.model.get_weights()
+
+    _, two_epochs = _composed(variant, QUIET, 7, prepared_dir, extra=[Probe()])
+    for before, after in zip(seen["before"], seen["after"], strict=True):
+        np.testing.assert_array_equal(before, after)  # training goes on from exactly its own weights
+    assert any(not np.array_equal(b, i) for b, i in zip(seen["before"], seen["inside"], strict=True))
+    # Inside the block: the weights fit itself ends with (the EMA) after the same first epoch.
+    one_epoch_model, one_epoch = _composed(variant, TrainParams(max_epochs=1, verbose="silent"), 7,
+                                           prepared_dir)
+    assert one_epoch["loss"] == two_epochs["loss"][:1]
+    for inside, final in zip(seen["inside"], one_epoch_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(inside, final)
+
+
+def test_averaged_weights_without_ema_leaves_the_model_alone(prepared_dir: Path) -> None:
+    model, _ = _composed(_variant(epochs=1), QUIET, 7, prepared_dir)
+    before = model.get_weights()
+    with loop.averaged_weights(model) as lent:
+        assert lent is model
+        for b, w in zip(before, model.get_weights(), strict=True):
+            np.testing.assert_array_equal(b, w)
+
+
+def _benchmark(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # their sibling imports (reproduction)
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _params(path: Path, variant: dict) -> Path:
+    path.write_text(yaml.safe_dump({"seed": 3, "train": {"steps_per_execution": 1, "verbose": "silent"},
+                                    "variants": {"tiny": variant}}))
+    return path
+
+
+def test_fast_recipe_benchmark_trains_and_tests_through_the_steps(tmp_path: Path, prepared_dir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fast_recipe.py train`` on the synthetic set, with EMA weights tested every epoch."""
+    fast_recipe = _benchmark("fast_recipe", monkeypatch)
+    train, test = (artifacts.load_split(prepared_dir / f"{s}.npz") for s in ("train", "test"))
+    monkeypatch.setattr(fast_recipe, "load_cifar", lambda archive: {
+        "x_train": train.x, "y_train": train.y, "x_test": test.x, "y_test": test.y})
+    params = _params(tmp_path / "params.yaml", {
+        "model": "mlp", "model_args": {"hidden_units": 16}, "epochs": 2, "batch_size": 32, "tta": 1,
+        "optimizer": {"name": "sgd", "learning_rate": 0.05, "use_ema": True, "ema_momentum": 0.5}})
+    out, log = tmp_path / "fast.md", tmp_path / "curve.jsonl"
+    fast_recipe.main(["train", "--params", str(params), "--variant", "tiny", "--eval-from", "1",
+                      "--out", str(out), "--log", str(log)])
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
+    report = out.read_text()
+    assert "EMA weights, TTA 1" in report and "precision float32" in report
+
+
+def test_train_throughput_benchmark_measures_the_stage_pipeline(tmp_path: Path, prepared_dir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    throughput = _benchmark("train_throughput", monkeypatch)
+    params = _params(tmp_path / "params.yaml", {"model": "mlp", "model_args": {"hidden_units": 16},
+                                                "batch_size": 16, "augment": {"flip": True}})
+    out = tmp_path / "throughput.md"
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--data", str(prepared_dir), "--params",
+                                      str(params), "--steps", "3", "--max-seconds", "10", "--ceiling",
+                                      "--out", str(out)])
+    throughput.main()
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| tiny |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:5] == ["mlp", "16", "1", "yes"]
+    assert all(float(c.replace(",", "").rstrip("x")) > 0 for c in cells[5:])
