@@ -17,6 +17,9 @@ Modes:
     # images/s of a few widths, ~50 training steps each (pick the width that fits the budget)
     nice -n 10 .venv/bin/python benchmarks/fast_recipe.py probe --widths 16 32 48 64 --steps 50
 
+    # the share of an epoch that validating with TTA takes (variants.fast.val_tta_every)
+    nice -n 10 .venv/bin/python benchmarks/fast_recipe.py tta-cost
+
     # one full training run of variants.fast (overrides: --epochs, --width, --batch-size)
     nice -n 10 .venv/bin/python benchmarks/fast_recipe.py train --width 64 --epochs 12 --eval-from 9 \
         --out /tmp/fast_w64e12.md --log /tmp/fast_w64e12.jsonl
@@ -53,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 # after the path and log-level setup
 from cifar_dvc import atomic, config, inference  # noqa: E402
 from cifar_dvc.datasets.split import one_hot  # noqa: E402
+from cifar_dvc.modelinfo import ModelInfo  # noqa: E402
 from cifar_dvc.models.fast import build_fast  # noqa: E402
 from cifar_dvc.normalization import compute_stats  # noqa: E402
 from cifar_dvc.training import loop  # noqa: E402
@@ -143,6 +147,41 @@ def probe(args: argparse.Namespace) -> None:
         print(f"width {width:3d}  params {model.count_params():>9,}  batch {args.batch_size}  "
               f"{ips:7.1f} img/s  epoch of 50k: {50000 / ips / 60:5.2f} min  load {load_average()}",
               flush=True)
+
+
+def tta_cost(args: argparse.Namespace) -> None:
+    """What validation with TTA costs an epoch: training images/s of the variant's network (random
+    data, as ``probe``) and the time of ``inference.predict`` over ``--val-images`` images at TTA
+    0 and at the variant's level, in this one process; the share of a ``--train-images`` epoch
+    that validating with TTA every epoch takes (``val_tta_every``)."""
+    variant = variant_for(args)
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    batch = variant.batch_size
+    x = rng.normal(size=(batch * 4, 32, 32, 3)).astype(np.float32)
+    y = keras.utils.to_categorical(rng.integers(0, 10, len(x)), 10)
+    model = build_fast((32, 32, 3), 10, **variant.model_args)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.2))
+    print(f"# load before: {load_average()}; {cpu_model()}", flush=True)
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # trace + warm up
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=batch, epochs=args.train_epochs, verbose=0)
+    ips = args.train_epochs * len(x) / (time.perf_counter() - start)
+    epoch_s = args.train_images / ips
+    images = rng.integers(0, 256, size=(args.val_images, 32, 32, 3), dtype=np.uint8)
+    info = ModelInfo("probe", "cifar10", [str(i) for i in range(10)], (32, 32, 3),
+                     compute_stats(images, "standardize"), tta=variant.tta)
+    seconds = {}
+    for level in sorted({0, variant.tta}):
+        inference.predict(model, info, images[:batch], level)  # trace
+        start = time.perf_counter()
+        inference.predict(model, info, images, level)
+        seconds[level] = time.perf_counter() - start
+    tta_s = seconds[variant.tta]
+    print(f"train {ips:.1f} img/s -> {epoch_s:.0f} s per {args.train_images:,}-image epoch; validation of "
+          f"{args.val_images:,} images: TTA 0 {seconds[0]:.1f} s, TTA {variant.tta} {tta_s:.1f} s = "
+          f"{100 * tta_s / (epoch_s + tta_s):.1f}% of an epoch with it; load {load_average()}", flush=True)
 
 
 def train(args: argparse.Namespace) -> None:
@@ -274,11 +313,17 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--eval-from", type=int, default=1, help="first epoch tested (testing costs time)")
     t.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fast_run.md"))
     t.add_argument("--log", default="/tmp/fast_recipe_curve.jsonl")
+    c = sub.add_parser("tta-cost", help="share of an epoch that validation with TTA takes")
+    c.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    c.add_argument("--variant", default="fast")
+    c.add_argument("--width", type=int, help="override model_args.width")
+    c.add_argument("--epochs", type=int, help=argparse.SUPPRESS)  # variant_for reads it
+    c.add_argument("--batch-size", type=int, help="override batch_size")
+    c.add_argument("--train-epochs", type=int, default=3, help="timed passes over 4 batches")
+    c.add_argument("--train-images", type=int, default=45_000, help="images of an epoch (the stage's split)")
+    c.add_argument("--val-images", type=int, default=5_000, help="validation images (the stage's split)")
     args = parser.parse_args(argv)
-    if args.mode == "probe":
-        probe(args)
-    else:
-        train(args)
+    {"probe": probe, "train": train, "tta-cost": tta_cost}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -30,5 +30,5 @@ for v in "$@"; do
   echo "$(date -u +%T) evaluate $v"
   nice -n 5 python -m stages.evaluate --variant "$v" --model "models/$v.keras" --prepared data/prepared --custom data/custom_sets --metrics "metrics/$v.json" --out "eval/$v"
 done
-nice -n 5 python -m stages.report --eval eval --dvclive dvclive --models models --prepared data/prepared --custom data/custom_sets --summary metrics/summary.json --out plots/report
+nice -n 5 python -m stages.report --eval eval --dvclive dvclive --models models --prepared data/prepared --custom data/custom_sets --out plots/report
 echo "$(date -u +%T) done"

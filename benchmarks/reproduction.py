@@ -9,7 +9,9 @@ learning curve (dvclive), the machine and the commit. Records of earlier session
 other machines, stay; a variant trained again replaces its record. Then it writes
 ``benchmarks/results/reproduction.md`` from all records: one row per variant with the seed's own
 figure (``seed_figures.py``), ours on validation / test / custom / custom_filtered, epochs run of
-the budget, precision, CPU and wall minutes, and the curves below.
+the budget, precision, CPU and wall minutes, and the curves below. A record keeps the metrics
+file as the workspace's commit wrote it: nested (``{"test": {"accuracy": ...}}``) before the flat
+short keys (``{"test": ...}``, ``cifar_dvc.evalsets.metric_key``); ``accuracy`` reads both.
 
     python benchmarks/reproduction.py --workspace /work/repro [--variants cnn imp1]
 
@@ -32,7 +34,7 @@ from typing import Any
 import yaml
 from seed_figures import SEED_FIGURES
 
-from cifar_dvc import atomic
+from cifar_dvc import atomic, evalsets
 from cifar_dvc.training.precision import cpu_flags, cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -89,6 +91,18 @@ def collect(workspace: Path, name: str) -> dict[str, Any]:
     }
 
 
+def accuracy(metrics: dict[str, Any], name: str) -> float | None:
+    """Accuracy of set ``name`` (``validation``, ``test``, ``custom``, ...) in a metrics file of either
+    layout; None when the file has no such set."""
+    # Workspaces trained by older commits (/work/repro, /work/repro-mnist) and the committed records
+    # hold the nested layout {set: {"accuracy": ...}}, newer ones the flat {metric_key: ...}; both
+    # stay readable so no record needs to be re-made and no workspace re-evaluated.
+    nested = metrics.get(name)
+    if isinstance(nested, dict):
+        return nested.get("accuracy")
+    return metrics.get(evalsets.metric_key(name))
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -102,10 +116,11 @@ def row(record: dict[str, Any]) -> str:
     name, t, m = record["variant"], record["training"], record["metrics"]
     seed = SEED_FIGURES.get(name, {})
     seed_fig = f"{_pct(seed.get('accuracy'))} ({seed['seed']})" if seed else "-"
-    ours = " | ".join(_pct(m.get(s, {}).get("accuracy")) for s in SETS)
+    ours = " | ".join(_pct(accuracy(m, s)) for s in SETS)
     gap = ""
-    if seed.get("accuracy") is not None and "test" in m:
-        gap = f"{100 * (m['test']['accuracy'] - seed['accuracy']):+.1f}"
+    test = accuracy(m, evalsets.TEST)
+    if seed.get("accuracy") is not None and test is not None:
+        gap = f"{100 * (test - seed['accuracy']):+.1f}"
     epochs = f"{t['epochs_run']} / {record['variant_params']['epochs']}"
     label = _label(record, DATASET_NOTES.get(record["data"].get("dataset", "cifar10"), ""))
     return (f"| {label} | {seed_fig} | {ours} | {gap} | {epochs} | {t.get('precision', 'float32')} "
@@ -192,7 +207,7 @@ def main() -> None:
     for name in names:
         record = collect(args.workspace, name)
         atomic.write_json(RECORDS / f"{name}.json", record)
-        print(f"recorded {name}: test {_pct(record['metrics'].get('test', {}).get('accuracy'))}")
+        print(f"recorded {name}: test {_pct(accuracy(record['metrics'], evalsets.TEST))}")
     records = [json.loads(p.read_text()) for p in sorted(RECORDS.glob("*.json"))]
     write_keeping_reading(REPORT, report(records))
     print(f"wrote {REPORT} ({len(records)} variants)")
@@ -216,7 +231,7 @@ def readme_table(records: list[dict[str, Any]]) -> str:
             ours, epochs, cpu = "not yet run", "-", "-"
         else:
             m, t = record["metrics"], record["training"]
-            ours = f"{_pct(m.get('test', {}).get('accuracy'))} ({_pct(m.get('custom', {}).get('accuracy'))})"
+            ours = f"{_pct(accuracy(m, evalsets.TEST))} ({_pct(accuracy(m, 'custom'))})"
             epochs = f"{t['epochs_run']} / {record['variant_params']['epochs']}"
             cpu = _minutes(t.get("cpu_seconds"))
         label = _label(record) if record else name

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                             env=dvc_env(), check=False)
     if result.returncode != 0:
         raise UserError(f"demo: dvc repro failed in {repo} (exit {result.returncode}); see the output above")
-    summary = repo / "metrics" / "summary.json"
+    summary = repo / "plots" / "report" / "summary.json"  # the report's Table 2 across variants
     print(f"demo: done. Results in {repo}:")
     if summary.is_file():
         print(f"  {summary}\n{summary.read_text()}")

@@ -1,18 +1,25 @@
-"""The evaluation sets in one table: name, file, title, Table 2 and confusion roles, and the sweep names.
+"""The evaluation sets in one table: name, metric key, file, title, Table 2 and confusion roles, sweep names.
 
 Every module that knows a set by name takes it from here: ``cifar_dvc.custom_set`` writes the
 custom sets under these files, ``cifar_dvc.evaluation.evaluate`` reads and scores them under these
 names, ``cifar_dvc.evaluation.report`` and ``figures`` title them, ``params.yaml`` names them in
 ``report.confusion_sets`` and ``report.misclassified.set`` (checked against ``SET_NAMES``).
 
-A set's ``name`` is its key in ``metrics/<variant>.json``, ``eval/<variant>/results.json`` and
-``eval/<variant>/predictions/<name>.npz``; its ``file`` lives in ``data/prepared`` (``PREPARED``)
-or ``data/custom_sets`` (``CUSTOM``). The custom photos come in two resizes: ``MAIN``
+A set's ``name`` is its key in ``eval/<variant>/results.json``, ``eval/<variant>/predictions/``,
+the report and ``params.yaml``; its ``file`` lives in ``data/prepared`` (``PREPARED``) or
+``data/custom_sets`` (``CUSTOM``). The custom photos come in two resizes: ``MAIN``
 (``custom.resample``, Lanczos by default) and ``NEAREST`` (``custom.compare_resample``: seed 004's
 aliasing nearest-neighbour resize, as Keras' ``load_img``; absent when that key is null).
 The blur-sweep sets are not listed: one per divisor d and resize, named by ``sweep_name`` (the
 name is also the file's stem) and read back by ``parse_sweep``, the only two places that know
 the pattern. A set evaluated again with BatchNorm adaptation gets ``adapted_name``.
+
+``metrics/<variant>.json`` is flat, one short key per number, so that ``dvc metrics show`` of every
+variant fits a 200-column terminal (DVC makes one column per key, as wide as its name): a set's
+``metric`` is its accuracy (``val``, ``custom_blur``), its other scalars add a suffix
+(``test_loss``: ``METRIC_SUFFIXES``), its adapted copy ``_bn`` (``custom_bn``), and the corruption
+suite's mean is ``corrupt`` (``corrupt_bn``). ``metric_key`` and ``accuracy_keys`` spell them; no
+other module does.
 
 Reads and writes nothing; imports nothing of the project (custom_set, evaluation and serve may
 all import it). No command runs it.
@@ -36,23 +43,30 @@ SWEEP_PREFIX = "sweep_"
 # The metric scalars metrics/<variant>.json keeps of a set (the rest is in eval/<variant>/results.json).
 ACCURACY_ONLY = ("accuracy",)
 FULL = ("accuracy", "loss", "f1_macro", "ece")
+# metrics/<variant>.json's key of a scalar is the set's ``metric`` + this suffix: the bare key is the
+# accuracy, what a reader compares first (``test``, ``test_loss``).
+METRIC_SUFFIXES = {"accuracy": "", "loss": "_loss", "f1_macro": "_f1", "ece": "_ece"}
+ADAPTED_METRIC_SUFFIX = "_bn"  # key of a set's accuracy with BatchNorm adaptation (custom_bn)
+CORRUPTION_METRIC = "corrupt"  # key of the corruption suite's mean accuracy
+CORRUPTION_ADAPTED_METRIC = CORRUPTION_METRIC + ADAPTED_METRIC_SUFFIX  # the same with adaptation
 
 
 @dataclasses.dataclass(frozen=True)
 class SetSpec:
     """One evaluation set: where it is, what it is called, where it is shown."""
 
-    name: str  # key in metrics/, results.json and predictions/
+    name: str  # key in results.json, predictions/ and the report
     file: str  # file name in its folder
     folder: Literal["prepared", "custom"]  # PREPARED or CUSTOM
     title: str  # Table 2 column title
     table: bool  # Table 2 shows it
     confusion: bool  # evaluate writes its DVC confusion CSV; report.confusion_sets' default
+    metric: str  # its accuracy's key in metrics/<variant>.json (short: see the module docstring)
     resize: str | None = None  # custom sets: MAIN or NEAREST
     filtered: bool = False  # blurred with custom.blur_divisor before resizing (seed 004's filter)
     required: bool = True  # evaluation fails without it (NEAREST sets exist only when turned on)
     adapt: bool = False  # evaluated again with BatchNorm adaptation (evaluate.adapt_bn)
-    metrics: tuple[str, ...] = ACCURACY_ONLY  # scalars kept in metrics/<variant>.json
+    metrics: tuple[str, ...] = ACCURACY_ONLY  # scalars kept in metrics/<variant>.json (METRIC_SUFFIXES)
 
     @property
     def stem(self) -> str:
@@ -60,17 +74,19 @@ class SetSpec:
 
 
 SETS: tuple[SetSpec, ...] = (
-    SetSpec("validation", "val.npz", PREPARED, "Validation", table=True, confusion=False),
-    SetSpec("test", "test.npz", PREPARED, "Test", table=True, confusion=True, metrics=FULL),
+    SetSpec("validation", "val.npz", PREPARED, "Validation", table=True, confusion=False, metric="val"),
+    SetSpec("test", "test.npz", PREPARED, "Test", table=True, confusion=True, metric="test", metrics=FULL),
     # Seed 004's setup first, then ours: Table 2 reads left to right as the seed's gain, then ours.
+    # Metric keys: "nn" = the nearest-neighbour resize, "blur" = seed 004's filter ("filtered").
     SetSpec("custom_nearest", "nearest_unfiltered.npz", CUSTOM, "Custom, nearest", table=True,
-            confusion=False, resize=NEAREST, required=False),
+            confusion=False, metric="custom_nn", resize=NEAREST, required=False),
     SetSpec("custom_nearest_filtered", "nearest_filtered.npz", CUSTOM, "Custom (filtered), nearest",
-            table=True, confusion=False, resize=NEAREST, filtered=True, required=False),
-    SetSpec("custom", "unfiltered.npz", CUSTOM, "Custom", table=True, confusion=True, resize=MAIN,
-            adapt=True),
+            table=True, confusion=False, metric="custom_nn_blur", resize=NEAREST, filtered=True,
+            required=False),
+    SetSpec("custom", "unfiltered.npz", CUSTOM, "Custom", table=True, confusion=True, metric="custom",
+            resize=MAIN, adapt=True),
     SetSpec("custom_filtered", "filtered.npz", CUSTOM, "Custom (filtered)", table=True, confusion=True,
-            resize=MAIN, filtered=True, adapt=True),
+            metric="custom_blur", resize=MAIN, filtered=True, adapt=True),
 )
 BY_NAME: dict[str, SetSpec] = {spec.name: spec for spec in SETS}
 VALIDATION = "validation"  # the set that picks the report's focus variant
@@ -110,6 +126,22 @@ def adapted_of(name: str) -> str | None:
 def adapted_sets() -> tuple[str, ...]:
     """Names of the sets evaluated again with BatchNorm adaptation (``custom_adapted``, ...)."""
     return tuple(adapted_name(s.name) for s in SETS if s.adapt)
+
+
+def metric_key(name: str, scalar: str = "accuracy") -> str:
+    """Key in ``metrics/<variant>.json`` of ``scalar`` (one of ``METRIC_SUFFIXES``) of set ``name`` or
+    of its adapted copy: ``val`` for validation, ``test_loss``, ``custom_bn`` for ``custom_adapted``."""
+    base = adapted_of(name)
+    if base is not None:
+        return spec(base).metric + ADAPTED_METRIC_SUFFIX + METRIC_SUFFIXES[scalar]
+    return spec(name).metric + METRIC_SUFFIXES[scalar]
+
+
+def accuracy_keys() -> tuple[str, ...]:
+    """Every accuracy key ``metrics/<variant>.json`` can hold, in the table's order: the sets', the
+    adapted sets', the corruption mean and its adapted copy (a file holds those its run made)."""
+    return (*(metric_key(s.name) for s in SETS), *(metric_key(name) for name in adapted_sets()),
+            CORRUPTION_METRIC, CORRUPTION_ADAPTED_METRIC)
 
 
 def title(name: str) -> str:

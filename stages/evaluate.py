@@ -5,9 +5,10 @@
 
 Reads the model and its sidecar, ``val.npz``/``test.npz`` of the prepared data, every set of the
 custom sets folder, the ``evaluate:`` params, ``variants.<name>.tta`` and ``seed`` (the corruption
-subset and noise). Writes ``metrics/<name>.json`` (scalars, a DVC metrics file) and ``eval/<name>/``
-(per-class details, predictions, confusion CSVs, the corruption table); the model file is only read,
-BatchNorm adaptation works on a copy in memory. Logic: ``cifar_dvc.evaluation.evaluate``.
+subset and noise). Writes ``metrics/<name>.json`` (a DVC metrics file: flat scalars under the short
+keys of ``cifar_dvc.evalsets.metric_key``) and ``eval/<name>/`` (per-class details, predictions,
+confusion CSVs, the corruption table); the model file is only read, BatchNorm adaptation works on a
+copy in memory. Logic: ``cifar_dvc.evaluation.evaluate``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
-from cifar_dvc import config
+from cifar_dvc import config, evalsets
 from cifar_dvc.datasets.params import read_seed
 from cifar_dvc.errors import stage_main
 from cifar_dvc.evaluation import evaluate
@@ -44,12 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     scores = evaluate.run(args.variant, args.model, args.prepared, args.custom, params, tta,
                           args.metrics, args.out, seed=seed)
-    shown = ", ".join(f"{name} {_pct(s['accuracy'])}" for name, s in scores.items() if name != "corruptions")
-    if "corruptions" in scores:
-        mean = scores["corruptions"]
-        shown += f"; corruption mean {_pct(mean['accuracy'])}"
-        if "accuracy_adapted" in mean:
-            shown += f" ({_pct(mean['accuracy_adapted'])} adapted)"
+    # the accuracies under the keys of the metrics file, as `dvc metrics show` will name them
+    shown = ", ".join(f"{key} {_pct(scores[key])}" for key in evalsets.accuracy_keys() if key in scores)
     print(f"evaluate@{args.variant}: accuracy {shown}; tta={tta}; {time.perf_counter() - start:.1f} s "
           f"-> {args.metrics}, {args.out}")
 

@@ -119,13 +119,13 @@ FIGURES = {"curves.png", "examples.png", "incorrect_share.png", "confusion_cnn.p
 
 
 def report_paths(root: Path, out: Path | None = None, custom: Path | None = None):
-    """``report.Paths`` of a workspace (``out``: another output folder for the plots and summary)."""
+    """``report.Paths`` of a workspace (``out``: another output folder for the summary, table and plots)."""
     from cifar_dvc.evaluation import report
 
     out = out or root / "plots" / "report"
     return report.Paths(eval_dir=root / "eval", dvclive_dir=root / "dvclive", models_dir=root / "models",
                         prepared=root / "data" / "prepared", custom=custom or root / "data" / "custom_sets",
-                        summary=out.parent / "summary.json", out=out)
+                        out=out)
 
 
 def reported_workspace(tmp_path_factory, prepared_dir: Path) -> Path:

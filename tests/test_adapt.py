@@ -179,24 +179,23 @@ def test_evaluate_reports_adapted_custom_sets_and_the_corruption_suite(trained: 
 
     saved = json.loads((tmp_path / "bn.json").read_text())
     assert saved == scores
-    assert set(saved["custom_adapted"]) == {"accuracy"} and set(saved["corruptions"]) == {
-        "accuracy", "accuracy_adapted"}
-    assert saved["custom_adapted"]["accuracy"] > saved["custom"]["accuracy"] + 0.2  # the shift undone
+    assert set(saved) == {"val", "test", "test_loss", "test_f1", "test_ece", "custom", "custom_blur",
+                          "custom_bn", "custom_blur_bn", "corrupt", "corrupt_bn"}  # flat; no nearest sets
+    assert saved["custom_bn"] > saved["custom"] + 0.2  # the shift undone
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["adaptation"] == {"batchnorm": True, "prior": 0.0}
-    assert results["sets"]["custom_filtered_adapted"]["accuracy"] == \
-        saved["custom_filtered_adapted"]["accuracy"]
+    assert results["sets"]["custom_filtered_adapted"]["accuracy"] == saved["custom_blur_bn"]
     probs = np.load(tmp_path / "eval" / "predictions" / "custom_adapted.npz")["probs"]
-    assert (probs.argmax(axis=1) == test.y[:40]).mean() == pytest.approx(saved["custom_adapted"]["accuracy"])
+    assert (probs.argmax(axis=1) == test.y[:40]).mean() == pytest.approx(saved["custom_bn"])
 
     rows = list(csv.DictReader((tmp_path / "eval" / "corruptions.csv").open()))
     assert [(r["corruption"], r["severity"]) for r in rows] == [("none", "0")] + [
         (c, str(s)) for c in ("contrast", "gaussian_noise") for s in (1, 2, 3)]
     assert {r["n"] for r in rows} == {"30"}
     corrupted = [r for r in rows if r["severity"] != "0"]
-    for key in ("accuracy", "accuracy_adapted"):
-        mean = np.mean([float(r[key]) for r in corrupted])
-        assert saved["corruptions"][key] == pytest.approx(mean, abs=1e-6)
+    for key, column in (("corrupt", "accuracy"), ("corrupt_bn", "accuracy_adapted")):
+        mean = np.mean([float(r[column]) for r in corrupted])
+        assert saved[key] == pytest.approx(mean, abs=1e-6)
     contrast = {r["severity"]: r for r in rows if r["corruption"] == "contrast"}
     assert float(contrast["3"]["accuracy_adapted"]) > float(contrast["3"]["accuracy"])  # 15% contrast
     assert results["corruptions"]["images"] == 30 and results["corruptions"]["seed"] == 3
@@ -209,7 +208,7 @@ def test_switches_off(trained: Path, prepared_dir: Path, tmp_path: Path) -> None
     params = EvaluateParams(adapt_bn=False, corruptions=[])
     scores = evaluate.run("bn", trained, prepared_dir, tmp_path / "custom", params, 0, tmp_path / "bn.json",
                           tmp_path / "eval")
-    assert not {"custom_adapted", "custom_filtered_adapted", "corruptions"} & set(scores)
+    assert not {"custom_bn", "custom_blur_bn", "corrupt", "corrupt_bn"} & set(scores)  # absent, not null
     assert (tmp_path / "eval" / "corruptions.csv").read_text() == \
         "corruption,severity,n,accuracy,accuracy_adapted\n"
     results = json.loads((tmp_path / "eval" / "results.json").read_text())

@@ -66,7 +66,7 @@ def test_report_works_with_empty_custom_sets(workspace: Path, tmp_path: Path) ->
     paths = report_paths(root, custom=custom)
     report.build(paths, params)
     _check_pngs(paths.out / "figures", FIGURES)
-    summary = json.loads(paths.summary.read_text())
+    summary = json.loads((paths.out / report.SUMMARY).read_text())
     assert summary["cnn"]["custom"] is None and summary["cnn"]["custom_filtered"] is None
     assert summary["cnn"]["test"] is not None
     assert "n/a" in (paths.out / "table.md").read_text()
@@ -142,7 +142,7 @@ def test_only_the_requested_variants_are_reported(workspace: Path, tmp_path: Pat
     done = report.build(paths, params)
     assert done["variants"] == ["mlp"] and done["focus"] == "mlp"
     _check_pngs(paths.out / "figures", FIGURES - {"confusion_cnn.png"})
-    assert set(json.loads(paths.summary.read_text())) == {"mlp"}
+    assert set(json.loads((paths.out / report.SUMMARY).read_text())) == {"mlp"}
 
 
 def test_figures_stay_bounded_with_100_classes(tmp_path: Path) -> None:

@@ -106,15 +106,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, prepared_dir: Path) -> P
     return evaluated_workspace(tmp_path_factory, prepared_dir)
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    """Nested keys joined by dots, as `dvc metrics show` makes its columns."""
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
+# metrics/<variant>.json of a run with every part on: flat, one short key a number (DVC's columns)
+ALL_KEYS = {"val", "test", "test_loss", "test_f1", "test_ece", "custom_nn", "custom_nn_blur", "custom",
+            "custom_blur", "custom_bn", "custom_blur_bn", "corrupt", "corrupt_bn"}
 
 
 def test_metrics_json_keeps_what_a_reader_compares_and_results_json_the_rest(workspace: Path) -> None:
@@ -123,24 +117,22 @@ def test_metrics_json_keeps_what_a_reader_compares_and_results_json_the_rest(wor
     for name in VARIANTS:
         scores = json.loads((workspace / "metrics" / f"{name}.json").read_text())
         results = json.loads((workspace / "eval" / name / "results.json").read_text())
-        assert set(scores) == {*table, "custom_adapted", "custom_filtered_adapted", "corruptions"}
         # one accuracy per set, test also loss, F1 and ECE: 13 columns in `dvc metrics show`, no sweep
-        assert set(scores["test"]) == {"accuracy", "loss", "f1_macro", "ece"}
-        assert all(set(scores[s]) == {"accuracy"} for s in table if s != "test")
-        assert len(_flat(scores)) == 13
+        assert set(scores) == ALL_KEYS and len(scores) == 13
+        assert not any(isinstance(value, dict) for value in scores.values())
         assert {s for s in results["sets"] if evalsets.parse_sweep(s)} == sweep  # the sweep: in results.json
         # the tiny models have no BatchNorm: adapted results are null, not missing
-        assert scores["custom_adapted"] == scores["custom_filtered_adapted"] == {"accuracy": None}
-        assert scores["corruptions"]["accuracy_adapted"] is None
+        assert scores["custom_bn"] is None and scores["custom_blur_bn"] is None
+        assert scores["corrupt_bn"] is None
         rows = list(csv.DictReader((workspace / "eval" / name / "corruptions.csv").open()))
         assert len(rows) == 1 + 5 * 3 and {r["n"] for r in rows} == {"100"}  # 500 asked, the test set has 100
-        assert scores["corruptions"]["accuracy"] == pytest.approx(
+        assert scores["corrupt"] == pytest.approx(
             np.mean([float(r["accuracy"]) for r in rows if r["severity"] != "0"]), abs=1e-6)
         for set_name in [*table, *sweep]:
             s = results["sets"][set_name]
             assert {"n", "accuracy", "loss", "f1_macro", "ece", "top5_accuracy"} <= set(s)
-            if set_name in scores:
-                assert {k: s[k] for k in scores[set_name]} == scores[set_name]  # the same numbers
+            for key in evalsets.BY_NAME[set_name].metrics if set_name in evalsets.BY_NAME else ():
+                assert scores[evalsets.metric_key(set_name, key)] == s[key]  # the same numbers
             cm = np.array(s["confusion_matrix"])
             assert cm.sum() == s["n"]
             assert s["accuracy"] == pytest.approx(np.trace(cm) / cm.sum(), abs=1e-6)
@@ -166,6 +158,17 @@ def test_the_set_table_is_consistent() -> None:
     assert evalsets.title("custom_filtered_adapted") == "Custom (filtered), BN adapted"
     with pytest.raises(KeyError, match="not an evaluation set"):
         evalsets.spec("custom_unfiltered")
+    # the short keys of metrics/<variant>.json: one per number, none spelled twice
+    keys = [evalsets.metric_key(s.name, k) for s in evalsets.SETS for k in s.metrics]
+    keys += [evalsets.metric_key(name) for name in evalsets.adapted_sets()]
+    keys += [evalsets.CORRUPTION_METRIC, evalsets.CORRUPTION_ADAPTED_METRIC]
+    assert len(set(keys)) == len(keys) and set(keys) == ALL_KEYS
+    assert set(evalsets.accuracy_keys()) == ALL_KEYS - {"test_loss", "test_f1", "test_ece"}
+    assert evalsets.metric_key("validation") == "val" and evalsets.metric_key("test", "f1_macro") == "test_f1"
+    assert evalsets.metric_key("custom_filtered_adapted") == "custom_blur_bn"
+    assert evalsets.metric_key("custom_nearest_filtered") == "custom_nn_blur"
+    with pytest.raises(KeyError, match="not an evaluation set"):
+        evalsets.metric_key("sweep_75")
 
 
 def test_without_the_nearest_sets_evaluation_reports_the_others(workspace: Path, tmp_path: Path) -> None:
@@ -177,9 +180,11 @@ def test_without_the_nearest_sets_evaluation_reports_the_others(workspace: Path,
     params = EvaluateParams(adapt_bn=False, corruptions=[])
     scores = evaluate.run("cnn", workspace / "models" / "cnn.keras", workspace / "data" / "prepared", custom,
                           params, 0, tmp_path / "cnn.json", tmp_path / "eval")
-    assert set(scores) == {"validation", "test", "custom", "custom_filtered"}
+    # no nearest sets: their keys are absent, not null (nor the adapted ones or the corruption means)
+    assert set(scores) == {"val", "test", "test_loss", "test_f1", "test_ece", "custom", "custom_blur"}
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert set(results["sets"]) == {*scores, "sweep_100", "sweep_50"}
+    assert set(results["sets"]) == {"validation", "test", "custom", "custom_filtered", "sweep_100",
+                                    "sweep_50"}
     (custom / "unfiltered.npz").unlink()  # a required set missing: one error naming the file
     with pytest.raises(DataError, match=r"unfiltered\.npz"):
         evaluate.load_sets(workspace / "data" / "prepared", custom)
@@ -217,11 +222,11 @@ def test_empty_custom_sets_give_n_0_and_no_confusion_file(workspace: Path, tmp_p
                           EvaluateParams(), False, tmp_path / "cnn.json", tmp_path / "eval")
     results = json.loads((tmp_path / "eval" / "results.json").read_text())["sets"]
     for set_name in evalsets.CUSTOM_SET_NAMES:
-        assert scores[set_name] == {"accuracy": None} and results[set_name]["n"] == 0
+        assert scores[evalsets.metric_key(set_name)] is None and results[set_name]["n"] == 0
         assert results[set_name]["f1_macro"] is None
-    assert results["test"]["n"] == 100 and not math.isnan(scores["test"]["accuracy"])
+    assert results["test"]["n"] == 100 and not math.isnan(scores["test"])
     assert sorted(p.name for p in (tmp_path / "eval" / "confusion").iterdir()) == ["test.csv"]
-    assert json.loads((tmp_path / "cnn.json").read_text())["custom"] == {"accuracy": None}
+    assert json.loads((tmp_path / "cnn.json").read_text())["custom"] is None
 
 
 def test_stage_refuses_a_bad_params_value_in_one_line(workspace: Path, tmp_path: Path) -> None:

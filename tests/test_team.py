@@ -194,7 +194,7 @@ def test_push_then_pull_into_a_fresh_clone(origin: dict, tmp_path: Path) -> None
         assert "Running stage 'evaluate@cnn'" in rerun and "Running stage 'train@cnn'" not in rerun
         diff = json.loads(run_dvc(clone, "metrics", "diff", "origin/main", "--json").stdout)
         changed = diff.get("metrics/cnn.json", {})
-        assert "corruptions.accuracy" in changed and "test.accuracy" not in changed, diff
+        assert "corrupt" in changed and "test" not in changed, diff
 
         _wait_for(f"http://127.0.0.1:{port}/api/health", proc, clone / "serve.log", timeout=TIMEOUT)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/model", timeout=10) as response:
@@ -322,6 +322,35 @@ def _wait_for_queue(repo: Path, names: set[str], timeout: float) -> None:
     pytest.fail(f"the queue did not finish in {timeout} s: {run_dvc(repo, 'queue', 'status').stdout}")
 
 
+def _processes_in(folder: Path) -> list[int]:
+    """Pids whose working directory is ``folder`` or below it (Linux ``/proc``; [] elsewhere)."""
+    folder, pids = folder.resolve(), []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if Path(os.readlink(proc / "cwd")).is_relative_to(folder):
+                pids.append(int(proc.name))
+    return pids
+
+
+def _stop_queue(repo: Path, grace: float = 15.0) -> list[int]:
+    """``dvc queue stop --kill``, then SIGTERM (SIGKILL after ``grace``) whatever still runs in the
+    repository; returns those pids. DVC's ``queue start`` forks detached workers, and one was seen
+    outliving ``queue stop`` by 20 minutes, idle, after the test had passed."""
+    run_dvc(repo, "queue", "stop", "--kill", check=False)
+    deadline = time.monotonic() + grace
+    while _processes_in(repo) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    leftover = _processes_in(repo)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _processes_in(repo):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while _processes_in(repo) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    return leftover
+
+
 def test_queued_sweep_runs_two_jobs_and_leaves_the_workspace_alone(origin: dict) -> None:
     repo = origin["repo"]
     before = {name: _md5(repo / name) for name in ("params.yaml", "dvc.lock", "models/cnn.keras")}
@@ -333,9 +362,9 @@ def test_queued_sweep_runs_two_jobs_and_leaves_the_workspace_alone(origin: dict)
     try:
         run_dvc(repo, "queue", "start", "--jobs", "2")
         _wait_for_queue(repo, set(rates), QUEUE_TIMEOUT)
+        seconds = time.perf_counter() - started
     finally:
-        run_dvc(repo, "queue", "stop", "--kill", check=False)
-    seconds = time.perf_counter() - started
+        leftover = _stop_queue(repo)
 
     status = run_dvc(repo, "queue", "status").stdout
     assert status.count("Success") == 2, status
@@ -354,13 +383,14 @@ def test_queued_sweep_runs_two_jobs_and_leaves_the_workspace_alone(origin: dict)
         assert lr == rates[name]
         metrics = data["metrics"]["metrics/cnn.json"]["data"]
         # An empty custom set has a null accuracy: a number says the git-tracked photo got there.
-        assert metrics["custom"]["accuracy"] is not None, "the git-tracked photo reaches the queued run"
-        results[name] = (metrics["validation"]["accuracy"], metrics["test"]["accuracy"])
+        assert metrics["custom"] is not None, "the git-tracked photo reaches the queued run"
+        results[name] = (metrics["val"], metrics["test"])
     table = run_dvc(repo, "exp", "show", "--md", "--no-pager", "--only-changed").stdout
     assert all(name in table for name in rates)
 
     assert {name: _md5(repo / name) for name in before} == before, "the workspace must stay as it was"
     assert _git(repo, "status", "--porcelain") == ""
-    print(f"\nqueue of 2 (--jobs 2): {seconds:.1f} s; " + ", ".join(
-        f"{name} (lr {rates[name]}): val acc {v:.3f}, test acc {t:.3f}" for name, (v, t) in results.items())
-        + f"\n{table}")
+    runs = ", ".join(f"{name} (lr {rates[name]}): val acc {v:.3f}, test acc {t:.3f}"
+                      for name, (v, t) in results.items())
+    print(f"\nqueue of 2 (--jobs 2): {seconds:.1f} s; {runs}; "
+          f"workers left after `queue stop`: {leftover or 'none'}\n{table}")

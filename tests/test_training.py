@@ -53,6 +53,9 @@ def test_variant_defaults_and_cap() -> None:
     ({"model": "vgg"}, r"variants\.v\.model: unknown model 'vgg'; known models: base, cnn"),
     ({"model": "cnn", "model_args": {"width": 3}}, r"variants\.v\.model_args\.width: unknown argument"),
     ({"model": "cnn", "monitor": "val_tta_accuracy"}, r"needs tta: 1 or 2"),
+    ({"model": "cnn", "tta": 1, "val_tta_every": -1}, r"val_tta_every must be >= 0"),
+    ({"model": "cnn", "tta": 1, "monitor": "val_tta_accuracy", "val_tta_every": 0},
+     r"needs val_tta_every: 1"),
     ({"model": "cnn", "monitor": "val_acc"}, r"variants\.v\.monitor: expected one of val_accuracy"),
     ({"model": "cnn", "augment": {"shift": 1.5}}, r"augment\.shift must be in \[0, 1\)"),
 ])

@@ -114,6 +114,19 @@ def test_ema_last_checkpoint_tta_and_onecycle(tmp_path: Path, prepared_dir: Path
     assert (tmp_path / "models" / "tiny.keras").is_file()
 
 
+@pytest.mark.parametrize(("every", "steps"), [(0, [2]), (2, [1, 2])])
+def test_tta_validation_every_n_epochs_and_always_the_last(tmp_path: Path, prepared_dir: Path,
+                                                           every: int, steps: list[int]) -> None:
+    variant = _tiny(model="mlp", model_args={"hidden_units": 16}, epochs=3, tta=1, val_tta_every=every)
+    result = _run(tmp_path, prepared_dir, variant)
+    tta = result.history["val_tta_accuracy"]  # one per epoch, NaN where skipped
+    assert [epoch for epoch, value in enumerate(tta) if not math.isnan(value)] == steps
+    rows = (tmp_path / "dvclive" / "tiny" / "plots" / "metrics" / "eval" / "tta_accuracy.tsv").read_text()
+    header, *lines = rows.splitlines()
+    column = header.split("\t").index("step")
+    assert [int(line.split("\t")[column]) for line in lines] == steps  # dvclive's steps: 0-based epochs
+
+
 def test_fast_variant_saves_its_whitening_stem_set_from_the_training_images(tmp_path: Path,
                                                                             prepared_dir: Path) -> None:
     from cifar_dvc.models.fast import whitening_kernel

@@ -17,8 +17,9 @@ Robustness (issue 18), both off-able in ``params.yaml``:
 
 - ``evaluate.adapt_bn``: each custom set is evaluated a second time by a copy of the model whose
   BatchNorm statistics were re-estimated on that set's own images (``cifar_dvc.evaluation.adapt``;
-  no labels; the model file is only read), as ``custom_adapted`` and ``custom_filtered_adapted``.
-  A variant without BatchNorm reports them as null.
+  no labels; the model file is only read), as ``custom_adapted`` and ``custom_filtered_adapted``
+  (``custom_bn``, ``custom_blur_bn`` in ``metrics/<name>.json``). A variant without BatchNorm
+  reports them as null.
 - ``evaluate.corruptions``: a seeded subset of ``evaluate.corruption_images`` test images under
   each corruption of ``cifar_dvc.evaluation.corruptions`` at severities 1..3, plus the clean
   subset (severity 0), each with and (``adapt_bn``) without adaptation on that very set. These run
@@ -27,13 +28,15 @@ Robustness (issue 18), both off-able in ``params.yaml``:
 
 Writes (through ``write_outputs``):
 
-- ``metrics/<name>.json``: what a reader compares across branches, small enough for
-  ``dvc metrics show`` in a terminal: ``{set: {accuracy}}`` for every set of the table, test also
-  with ``loss``, ``f1_macro`` and ``ece`` (``SetSpec.metrics``); an empty set has nulls. With
-  ``adapt_bn``: ``custom_adapted`` and ``custom_filtered_adapted`` ``{accuracy}``; with
-  corruptions: ``corruptions`` ``{accuracy, accuracy_adapted}``, the mean over corruptions and
-  severities 1..3. The blur sweep is a curve: it is in ``eval/<name>/`` and the report's
-  ``blur.csv`` (``dvc plots diff``), not here.
+- ``metrics/<name>.json``: what a reader compares across branches, flat with short keys so that
+  ``dvc metrics show`` of every variant fits a 200-column terminal (the keys are
+  ``evalsets.metric_key``'s): the accuracy of every set of the table under its ``SetSpec.metric``
+  (``val``, ``test``, ``custom_nn``, ``custom_nn_blur``, ``custom``, ``custom_blur``; the nearest
+  ones only when the custom stage made them), test also ``test_loss``, ``test_f1`` (macro F1) and
+  ``test_ece`` (``SetSpec.metrics``); an empty set has nulls. With ``adapt_bn``: ``custom_bn`` and
+  ``custom_blur_bn``; with corruptions: ``corrupt`` (and with ``adapt_bn`` ``corrupt_bn``), the mean
+  accuracy over corruptions and severities 1..3. The blur sweep is a curve: it is in
+  ``eval/<name>/`` and the report's ``blur.csv`` (``dvc plots diff``), not here.
 - ``eval/<name>/results.json``: every set (the sweep too) with ``n``, ``accuracy``, ``loss``,
   ``f1_macro``, ``ece`` (and ``top5_accuracy`` for more than 5 classes), per-class precision,
   recall, F1, support, the confusion matrix and the calibration table.
@@ -205,20 +208,22 @@ def corruptions_csv(rows: list[dict[str, Any]] | None) -> str:
 
 
 def metrics_json(results: dict[str, dict[str, Any]], robustness: Robustness | None = None) -> dict[str, Any]:
-    """The scalars of ``metrics/<name>.json``: each table set's ``SetSpec.metrics``, the adapted
-    custom sets' accuracy, the corruption means; no sweep (see the module docstring)."""
+    """The flat scalars of ``metrics/<name>.json`` under ``evalsets.metric_key``: each table set's
+    ``SetSpec.metrics``, the adapted custom sets' accuracy, the corruption means; no sweep (see the
+    module docstring)."""
     out: dict[str, Any] = {}
     for name, result in results.items():
         if evalsets.adapted_of(name) is not None:
-            out[name] = {"accuracy": _round(result["scalars"]["accuracy"])}
+            out[evalsets.metric_key(name)] = _round(result["scalars"]["accuracy"])
         elif name in evalsets.BY_NAME:
-            out[name] = {key: _round(result["scalars"][key]) for key in evalsets.BY_NAME[name].metrics}
+            out.update({evalsets.metric_key(name, scalar): _round(result["scalars"][scalar])
+                        for scalar in evalsets.BY_NAME[name].metrics})
     if robustness is not None and robustness.adapt_bn and not robustness.batchnorm:
-        out.update({name: {"accuracy": None} for name in evalsets.adapted_sets()})  # no BatchNorm: null
+        out.update({evalsets.metric_key(name): None for name in evalsets.adapted_sets()})  # no BatchNorm
     if robustness is not None and robustness.rows is not None:
-        out["corruptions"] = {"accuracy": _round(robustness.mean())}
+        out[evalsets.CORRUPTION_METRIC] = _round(robustness.mean())
         if robustness.adapt_bn:
-            out["corruptions"]["accuracy_adapted"] = _round(robustness.mean("accuracy_adapted"))
+            out[evalsets.CORRUPTION_ADAPTED_METRIC] = _round(robustness.mean("accuracy_adapted"))
     return out
 
 

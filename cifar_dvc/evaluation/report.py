@@ -10,11 +10,13 @@ training logs), ``models/<focus>.keras`` and its sidecar, ``data/prepared/test.n
 sets (``report.json`` for the resize filters, the photos of ``report.misclassified.set``); the
 sets' names, files and titles are those of ``cifar_dvc.evalsets``. Writes:
 
-- ``metrics/summary.json``: ``{variant: {set: accuracy}}`` over Table 2's sets (validation, test,
-  seed 004's nearest-resize ``custom_nearest`` and ``custom_nearest_filtered`` when made, ``custom``,
-  ``custom_filtered``), with BatchNorm adaptation also ``custom_adapted`` and
+- ``plots/report/summary.json``: ``{variant: {set: accuracy}}`` over Table 2's sets (validation,
+  test, seed 004's nearest-resize ``custom_nearest`` and ``custom_nearest_filtered`` when made,
+  ``custom``, ``custom_filtered``), with BatchNorm adaptation also ``custom_adapted`` and
   ``custom_filtered_adapted`` (null for a variant without BatchNorm), with the corruption suite
-  ``corruptions`` (and ``corruptions_adapted``), the mean accuracy over corruptions and severities;
+  ``corruptions`` (and ``corruptions_adapted``), the mean accuracy over corruptions and severities.
+  Not a DVC metric: its numbers are those of the ``metrics/<variant>.json`` files, and as a metric
+  it would add a column per variant and set to ``dvc metrics show``;
 - ``plots/report/table.md``: the same as markdown tables (percent, with n): Table 2, seed 004's
   setup beside ours, and the blur trick's finding in this run's numbers; then the corruption means;
 - ``plots/report/corruptions.csv``: ``variant`` + ``eval/<variant>/corruptions.csv``'s columns;
@@ -22,10 +24,11 @@ sets' names, files and titles are those of ``cifar_dvc.evalsets``. Writes:
 - ``plots/report/blur.csv``: ``variant, resize, divisor, accuracy, n`` (DVC plot of the blur sweep);
 - ``plots/report/figures/*.png``: the figures of ``cifar_dvc.evaluation.figures``.
 
-Two registries say what is written: ``DATA_FILES`` (the text files above, by name) and
-``FIGURES``, one ``Figure`` entry per PNG with the ``Inputs`` it reads (``needs``), loaded on first
-use. A new figure is a function of ``figures`` plus one entry; tests/test_report.py checks that
-each entry writes its file and that dvc.yaml's report stage declares them. The tables and CSVs
+All of it is written into ``plots/report/`` as a whole (atomic directory): a failed report leaves
+no partial folder. Two registries say what is written: ``DATA_FILES`` (the text files above, by
+name) and ``FIGURES``, one ``Figure`` entry per PNG with the ``Inputs`` it reads (``needs``), loaded
+on first use. A new figure is a function of ``figures`` plus one entry; tests/test_report.py checks
+that each entry writes its file and that dvc.yaml's report stage declares them. The tables and CSVs
 are built with pandas.
 
 Run by ``python -m stages.report`` (``dvc repro report``).
@@ -66,8 +69,7 @@ class Paths:
     models_dir: Path  # models/ (<name>.keras + <name>.json)
     prepared: Path  # data/prepared
     custom: Path  # data/custom_sets
-    summary: Path  # metrics/summary.json
-    out: Path  # plots/report
+    out: Path  # plots/report (summary.json, the table, the plot data, the figures)
 
 
 def select_variants(eval_dir: Path, requested: list[str] | None) -> list[str]:
@@ -534,9 +536,11 @@ FIGURES: tuple[Figure, ...] = (
            lambda path, *, model: figures.weight_histograms(model, path), needs=("model",)),
 )
 
+SUMMARY = "summary.json"  # plots/report/summary.json: Table 2 as JSON (the demo prints it)
 # The text files of plots/report/, each made from the ``Inputs`` (curves.csv and blur.csv are
 # plotted by dvc.yaml's `plots:`).
 DATA_FILES: dict[str, Callable[[Inputs], str]] = {
+    SUMMARY: lambda inputs: _json(summary_table(inputs.results)),
     "table.md": lambda inputs: markdown_table(inputs.results, inputs.labels),
     "curves.csv": lambda inputs: curves_csv(inputs.curves),
     "blur.csv": lambda inputs: blur_csv(inputs.results, inputs.labels),
@@ -546,7 +550,8 @@ FIGURE_DIR = "figures"  # plots/report/figures/
 
 
 def build(paths: Paths, params: ReportParams) -> dict[str, Any]:
-    """Write the summary, the table, the plot data and every figure; returns the summary."""
+    """Write the summary, the table, the plot data and every figure into ``paths.out`` (as a whole);
+    returns the variants, the focus and the summary."""
     variants = select_variants(paths.eval_dir, params.variants)
     results = {variant: load_results(paths.eval_dir, variant) for variant in variants}
     classes = results[variants[0]]["classes"]
@@ -562,7 +567,6 @@ def build(paths: Paths, params: ReportParams) -> dict[str, Any]:
         for name, make in DATA_FILES.items():
             atomic.write_text(out / name, make(inputs))
         draw_figures(out / FIGURE_DIR, inputs)
-    atomic.write_json(paths.summary, summary)
     return {"variants": variants, "focus": focus, "summary": summary}
 
 
@@ -576,6 +580,11 @@ def draw_figures(fig_dir: Path, inputs: Inputs, only: tuple[Figure, ...] = FIGUR
             extra = {"variant": variant} if figure.per_variant else {}
             written.append(figure.draw(fig_dir / file, **needs, **extra))
     return written
+
+
+def _json(obj: Any) -> str:
+    # as atomic.write_json writes it (indented, keys sorted: stable diffs), for DATA_FILES' text
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
 def _probs_and_labels(eval_dir: Path, variant: str, name: str) -> tuple[np.ndarray, np.ndarray]:

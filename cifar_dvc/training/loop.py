@@ -259,7 +259,8 @@ def stage_callbacks(run: Run, prepared: TrainingData, live_dir: Path, backup_dir
     if variant.tta:
         val_info = ModelInfo(run.name, meta.dataset, list(meta.classes), tuple(meta.image_shape),
                              prepared.stats, tta=variant.tta)
-        callbacks.append(_TTAValidation(val_info, prepared.val.x, prepared.val.y, variant.batch_size))
+        callbacks.append(_TTAValidation(val_info, prepared.val.x, prepared.val.y, variant.batch_size,
+                                        every=variant.val_tta_every, epochs=run.epochs))
     recipe, recipe_state = training_callbacks(run, state_dir=backup_dir)
     callbacks += recipe
     stateful: dict[str, resume.Stateful] = {"timer": timer, "best": saver, **recipe_state}
@@ -317,7 +318,9 @@ def write_best_model(run: Run, model: keras.Model, staged: Path, model_path: Pat
 def summarize(run: Run, model: keras.Model, prepared: TrainingData, stage: StageCallbacks) -> TrainResult:
     """The run's per-epoch history and the training summary the sidecar keeps."""
     variant, backup, saver = run.variant, stage.backup, stage.saver
-    hist = {k: [logs.get(k, math.nan) for logs in backup.history] for k in backup.history[0]}
+    # One value per epoch, NaN where an epoch did not log the key (val_tta_every skips epochs)
+    keys = dict.fromkeys(k for logs in backup.history for k in logs)
+    hist = {k: [logs.get(k, math.nan) for logs in backup.history] for k in keys}
     epochs_run = len(backup.history)
     summary = {
         "model": variant.model,
@@ -457,13 +460,19 @@ class _LearningRateLogger(keras.callbacks.Callback):
 
 class _TTAValidation(keras.callbacks.Callback):
     """Adds ``val_tta_accuracy``: validation accuracy with test-time augmentation ``info.tta``,
-    predicted as ``evaluate`` predicts (``cifar_dvc.inference.predict``)."""
+    predicted as ``evaluate`` predicts (``cifar_dvc.inference.predict``), every ``every`` epochs
+    and at epoch ``epochs`` (the last); ``every`` 0 = the last only."""
 
-    def __init__(self, info: ModelInfo, x: np.ndarray, y: np.ndarray, batch_size: int) -> None:
+    def __init__(self, info: ModelInfo, x: np.ndarray, y: np.ndarray, batch_size: int,
+                 every: int = 1, epochs: int = 0) -> None:
         super().__init__()
         self.info, self.x, self.y, self.batch_size = info, x, y, batch_size
+        self.every, self.epochs = every, epochs
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        done = epoch + 1
+        if done != self.epochs and (self.every == 0 or done % self.every):
+            return
         if logs is not None:
             probs = inference.predict(self.model, self.info, self.x, self.info.tta or 0, self.batch_size)
             logs["val_tta_accuracy"] = float(np.mean(probs.argmax(axis=1) == self.y)) if len(self.y) else 0.0

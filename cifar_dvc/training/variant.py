@@ -138,6 +138,9 @@ class VariantParams:
     early_stopping: int | None = None  # stop after this many epochs without `monitor` improving; null = never
     steps_per_execution: int | None = None  # batches per compiled call; null = train.steps_per_execution
     tta: int = 0  # test-time augmentation (val, evaluate): 0 none, 1 + mirror, 2 + mirrored 1-px shifts
+    # Epochs between validations with TTA (val_tta_accuracy), the last epoch always; 0 = the last only.
+    # TTA level 2 predicts the validation set 6 times: each skipped epoch saves that time.
+    val_tta_every: int = 1
     whiten_bias_epochs: int = 0  # epochs the whitening stem's bias trains, then frozen (airbench: 3); 0 = off
 
     def validate(self) -> None:
@@ -153,6 +156,10 @@ class VariantParams:
             raise ValueError(f"tta must be one of {', '.join(map(str, TTA_LEVELS))}, got {self.tta}")
         if "val_tta_accuracy" in (self.monitor, self.schedule.monitor) and not self.tta:
             raise ValueError("monitor val_tta_accuracy needs tta: 1 or 2")
+        if self.val_tta_every < 0:
+            raise ValueError(f"val_tta_every must be >= 0, got {self.val_tta_every}")
+        if "val_tta_accuracy" in (self.monitor, self.schedule.monitor) and self.val_tta_every != 1:
+            raise ValueError("monitor val_tta_accuracy needs val_tta_every: 1 (a value every epoch)")
         if self.steps_per_execution is not None and self.steps_per_execution < 1:
             raise ValueError("steps_per_execution must be >= 1")
         if self.optimizer.lookahead and self.steps_per_execution != 1:
