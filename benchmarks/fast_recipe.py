@@ -42,6 +42,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -126,55 +127,49 @@ def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def probe(args: argparse.Namespace) -> None:
-    """Training images/s of each width at the given batch size (random data, ~args.steps steps)."""
+def timed_fast(batch_size: int, steps: int, **model_args: Any) -> tuple[keras.Model, float]:
+    """A compiled ``fast`` network of ``model_args`` and its training images/s at ``batch_size`` on
+    random data (no input pipeline): traced and warmed up by one pass over 4 batches, then timed
+    over about ``steps`` steps."""
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.batch_size * 4, 32, 32, 3)).astype(np.float32)
+    x = rng.normal(size=(batch_size * 4, 32, 32, 3)).astype(np.float32)
     y = keras.utils.to_categorical(rng.integers(0, 10, len(x)), 10)
+    model = build_fast((32, 32, 3), 10, **model_args)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.2))
+    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)  # trace + warm up
+    epochs = max(1, steps // 4)
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0)
+    return model, epochs * len(x) / (time.perf_counter() - start)
+
+
+def probe(args: argparse.Namespace) -> None:
+    """Training images/s of each width at the given batch size (random data, ~args.steps steps)."""
     print(f"# load before: {load_average()}", flush=True)
     for width in args.widths:
-        model = build_fast((32, 32, 3), 10, width=width)
-        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
-                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.2))
-        model.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0)  # trace + warm up
-        steps_per_epoch = len(x) // args.batch_size
-        epochs = max(1, args.steps // steps_per_epoch)
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=args.batch_size, epochs=epochs, verbose=0)
-        seconds = time.perf_counter() - start
-        ips = epochs * steps_per_epoch * args.batch_size / seconds
+        model, ips = timed_fast(args.batch_size, args.steps, width=width)
         print(f"width {width:3d}  params {model.count_params():>9,}  batch {args.batch_size}  "
               f"{ips:7.1f} img/s  epoch of 50k: {50000 / ips / 60:5.2f} min  load {load_average()}",
               flush=True)
 
 
 def tta_cost(args: argparse.Namespace) -> None:
-    """What validation with TTA costs an epoch: training images/s of the variant's network (random
-    data, as ``probe``) and the time of ``inference.predict`` over ``--val-images`` images at TTA
-    0 and at the variant's level, in this one process; the share of a ``--train-images`` epoch
-    that validating with TTA every epoch takes (``val_tta_every``)."""
+    """What validation with TTA costs an epoch: training images/s of the variant's network
+    (``timed_fast``, as ``probe``) and the time of ``inference.predict`` over ``--val-images``
+    images at TTA 0 and at the variant's level, in this one process; the share of a
+    ``--train-images`` epoch that validating with TTA every epoch takes (``val_tta_every``)."""
     variant = variant_for(args)
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    batch = variant.batch_size
-    x = rng.normal(size=(batch * 4, 32, 32, 3)).astype(np.float32)
-    y = keras.utils.to_categorical(rng.integers(0, 10, len(x)), 10)
-    model = build_fast((32, 32, 3), 10, **variant.model_args)
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.2))
     print(f"# load before: {load_average()}; {cpu_model()}", flush=True)
-    model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # trace + warm up
-    start = time.perf_counter()
-    model.fit(x, y, batch_size=batch, epochs=args.train_epochs, verbose=0)
-    ips = args.train_epochs * len(x) / (time.perf_counter() - start)
+    model, ips = timed_fast(variant.batch_size, 4 * args.train_epochs, **variant.model_args)
     epoch_s = args.train_images / ips
-    images = rng.integers(0, 256, size=(args.val_images, 32, 32, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, size=(args.val_images, 32, 32, 3), dtype=np.uint8)
     info = ModelInfo("probe", "cifar10", [str(i) for i in range(10)], (32, 32, 3),
                      compute_stats(images, "standardize"), tta=variant.tta)
     seconds = {}
     for level in sorted({0, variant.tta}):
-        inference.predict(model, info, images[:batch], level)  # trace
+        inference.predict(model, info, images[:variant.batch_size], level)  # trace
         start = time.perf_counter()
         inference.predict(model, info, images, level)
         seconds[level] = time.perf_counter() - start

@@ -73,9 +73,14 @@ def write_text(path: Path | str, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as indented, key-sorted JSON (stable diffs), with a final newline."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+
+
 def write_json(path: Path | str, obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted JSON (stable diffs) atomically."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Write ``obj`` as ``json_text`` atomically."""
+    write_text(path, json_text(obj))
 
 
 def save_npz(path: Path | str, **arrays: np.ndarray) -> None:

@@ -540,7 +540,7 @@ SUMMARY = "summary.json"  # plots/report/summary.json: Table 2 as JSON (the demo
 # The text files of plots/report/, each made from the ``Inputs`` (curves.csv and blur.csv are
 # plotted by dvc.yaml's `plots:`).
 DATA_FILES: dict[str, Callable[[Inputs], str]] = {
-    SUMMARY: lambda inputs: _json(summary_table(inputs.results)),
+    SUMMARY: lambda inputs: atomic.json_text(summary_table(inputs.results)),
     "table.md": lambda inputs: markdown_table(inputs.results, inputs.labels),
     "curves.csv": lambda inputs: curves_csv(inputs.curves),
     "blur.csv": lambda inputs: blur_csv(inputs.results, inputs.labels),
@@ -580,11 +580,6 @@ def draw_figures(fig_dir: Path, inputs: Inputs, only: tuple[Figure, ...] = FIGUR
             extra = {"variant": variant} if figure.per_variant else {}
             written.append(figure.draw(fig_dir / file, **needs, **extra))
     return written
-
-
-def _json(obj: Any) -> str:
-    # as atomic.write_json writes it (indented, keys sorted: stable diffs), for DATA_FILES' text
-    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
 def _probs_and_labels(eval_dir: Path, variant: str, name: str) -> tuple[np.ndarray, np.ndarray]:
