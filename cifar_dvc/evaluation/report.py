@@ -551,7 +551,7 @@ FIGURE_DIR = "figures"  # plots/report/figures/
 
 def build(paths: Paths, params: ReportParams) -> dict[str, Any]:
     """Write the summary, the table, the plot data and every figure into ``paths.out`` (as a whole);
-    returns the variants, the focus and the summary."""
+    returns the variants and the focus."""
     variants = select_variants(paths.eval_dir, params.variants)
     results = {variant: load_results(paths.eval_dir, variant) for variant in variants}
     classes = results[variants[0]]["classes"]
@@ -562,12 +562,11 @@ def build(paths: Paths, params: ReportParams) -> dict[str, Any]:
     focus = choose_focus(results, params.focus)
     curves = {variant: load_curves(paths.dvclive_dir, variant) for variant in variants}
     inputs = Inputs(paths, params, results, curves, focus)
-    summary = summary_table(results)
     with atomic.atomic_dir(paths.out) as out:
         for name, make in DATA_FILES.items():
             atomic.write_text(out / name, make(inputs))
         draw_figures(out / FIGURE_DIR, inputs)
-    return {"variants": variants, "focus": focus, "summary": summary}
+    return {"variants": variants, "focus": focus}
 
 
 def draw_figures(fig_dir: Path, inputs: Inputs, only: tuple[Figure, ...] = FIGURES) -> list[Path]:
