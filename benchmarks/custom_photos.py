@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import runinfo  # benchmarks/runinfo.py
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def main() -> None:
     prepared = work / "prepared"
     artifacts.save_meta(prepared, artifacts.Meta("cifar10", CIFAR10, (32, 32, 3)))
     normalization.save_stats(prepared / normalization.STATS_FILE, CIFAR10_STATS)
-    load_before = os.getloadavg()
+    load_before = runinfo.load()
 
     params = CustomParams()
     divisors = set_divisors(params)
@@ -120,7 +121,7 @@ def main() -> None:
         sets = build_custom_sets(photos, meta, CustomParams(resample=resample, sweep_divisors=[]))
         sharpness[resample] = {name: _sharpness(sets.images[name]) for name in ("unfiltered", "filtered")}
     cifar = _sharpness(_cifar_test_images(args.cifar_jpeg, per_class=200))
-    load_after = os.getloadavg()
+    load_after = runinfo.load()
 
     seconds = [t for _, t, *_ in per_photo]
     kernels = sorted({s for *_, s, _ in per_photo})
@@ -134,10 +135,10 @@ def main() -> None:
         "# Custom test set on 100 real photos (`benchmarks/custom_photos.py`)",
         "",
         f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs, Python "
+        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, Pillow {Image.__version__}, NumPy {np.__version__}",
-        f"- Load average (1/5/15 min) before: {_load(load_before)}, after: {_load(load_after)}",
-        "- Command: `nice -n 10 .venv/bin/python benchmarks/custom_photos.py`",
+        f"- Load average (1/5/15 min) before: {load_before}, after: {load_after}",
+        f"- Command: `{runinfo.command()}`",
         f"- Photos: {len(found)} in {len(set(p.split('/')[0] for p, *_ in per_photo))} classes "
         f"({', '.join(f'{n} {m}' for m, n in sorted(modes.items()))}); widths {min(widths)} to "
         f"{max(widths)} px; {len(problems)} bad folders",
@@ -222,10 +223,6 @@ def _cifar_test_images(archive: Path, per_class: int) -> np.ndarray:
             if len(counts) == 10 and all(v >= per_class for v in counts.values()):
                 break
     return np.stack(out)
-
-
-def _load(avg: tuple[float, float, float]) -> str:
-    return " / ".join(f"{v:.2f}" for v in avg)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import runinfo  # benchmarks/runinfo.py
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -81,7 +83,7 @@ def main() -> None:
         print(f"building {tarball} with {TARBALL_TOOL} (about a minute)", flush=True)
         subprocess.run([sys.executable, str(TARBALL_TOOL), str(tarball)], check=True)
     archive_md5 = md5(tarball)
-    load_before = os.getloadavg()
+    load_before = runinfo.load()
 
     with tempfile.TemporaryDirectory(prefix="data-bench-", dir=args.work) as tmp:
         repo = copy_project(Path(tmp) / "repo", {"data": {"dataset": "cifar10", "url": str(tarball),
@@ -105,7 +107,7 @@ def main() -> None:
         status_wall, status_cpu = (statistics.median(v) for v in zip(*status, strict=True))
         print(f"no-op dvc repro prepare: median {noop_wall:.2f} s ({noop_cpu:.2f} s CPU); "
               f"dvc status: median {status_wall:.2f} s ({status_cpu:.2f} s CPU)", flush=True)
-    load_after = os.getloadavg()
+    load_after = runinfo.load()
 
     total_wall = sum(r[1] for r in rows)
     total_cpu = sum(r[2] for r in rows)
@@ -117,9 +119,8 @@ def main() -> None:
         "",
         f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GB RAM, {platform.platform()}",
-        f"- Load average (1/5/15 min) before: {' / '.join(f'{v:.2f}' for v in load_before)}; "
-        f"after: {' / '.join(f'{v:.2f}' for v in load_after)} (the machine is shared with other jobs)",
-        "- Command: `nice -n 10 .venv/bin/python benchmarks/data_pipeline.py`",
+        f"- Load average (1/5/15 min) before: {load_before}; after: {load_after}",
+        f"- Command: `{runinfo.command()}`",
         f"- Input: 60,000 real CIFAR-10 images rebuilt by `{TARBALL_TOOL} OUT.tar.gz` "
         f"({tarball.stat().st_size / 1e6:.0f} MB, md5 {archive_md5}), `data.url` set to its local path",
         "",

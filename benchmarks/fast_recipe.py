@@ -48,6 +48,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
+import runinfo  # benchmarks/runinfo.py
 import tensorflow as tf
 from PIL import Image
 
@@ -123,10 +124,6 @@ def cpu_seconds() -> float:
     return t.user + t.system
 
 
-def load_average() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
 def timed_fast(batch_size: int, steps: int, **model_args: Any) -> tuple[keras.Model, float]:
     """A compiled ``fast`` network of ``model_args`` and its training images/s at ``batch_size`` on
     random data (no input pipeline): traced and warmed up by one pass over 4 batches, then timed
@@ -147,11 +144,11 @@ def timed_fast(batch_size: int, steps: int, **model_args: Any) -> tuple[keras.Mo
 
 def probe(args: argparse.Namespace) -> None:
     """Training images/s of each width at the given batch size (random data, ~args.steps steps)."""
-    print(f"# load before: {load_average()}", flush=True)
+    print(f"# load before: {runinfo.load()}", flush=True)
     for width in args.widths:
         model, ips = timed_fast(args.batch_size, args.steps, width=width)
         print(f"width {width:3d}  params {model.count_params():>9,}  batch {args.batch_size}  "
-              f"{ips:7.1f} img/s  epoch of 50k: {50000 / ips / 60:5.2f} min  load {load_average()}",
+              f"{ips:7.1f} img/s  epoch of 50k: {50000 / ips / 60:5.2f} min  load {runinfo.load()}",
               flush=True)
 
 
@@ -161,7 +158,7 @@ def tta_cost(args: argparse.Namespace) -> None:
     images at TTA 0 and at the variant's level, in this one process; the share of a
     ``--train-images`` epoch that validating with TTA every epoch takes (``val_tta_every``)."""
     variant = variant_for(args)
-    print(f"# load before: {load_average()}; {cpu_model()}", flush=True)
+    print(f"# load before: {runinfo.load()}; {cpu_model()}", flush=True)
     model, ips = timed_fast(variant.batch_size, 4 * args.train_epochs, **variant.model_args)
     epoch_s = args.train_images / ips
     images = np.random.default_rng(0).integers(0, 256, size=(args.val_images, 32, 32, 3), dtype=np.uint8)
@@ -176,7 +173,7 @@ def tta_cost(args: argparse.Namespace) -> None:
     tta_s = seconds[variant.tta]
     print(f"train {ips:.1f} img/s -> {epoch_s:.0f} s per {args.train_images:,}-image epoch; validation of "
           f"{args.val_images:,} images: TTA 0 {seconds[0]:.1f} s, TTA {variant.tta} {tta_s:.1f} s = "
-          f"{100 * tta_s / (epoch_s + tta_s):.1f}% of an epoch with it; load {load_average()}", flush=True)
+          f"{100 * tta_s / (epoch_s + tta_s):.1f}% of an epoch with it; load {runinfo.load()}", flush=True)
 
 
 def train(args: argparse.Namespace) -> None:
@@ -231,14 +228,14 @@ def train(args: argparse.Namespace) -> None:
                    # would take on 2 dedicated cores (an estimate when the cores are shared)
                    "dedicated_minutes": round(self.train_cpu / 2 / 60, 3),
                    "test_accuracy": acc, "train_accuracy": round(float(logs["accuracy"]), 4),
-                   "train_loss": round(float(logs["loss"]), 4), "load": load_average()}
+                   "train_loss": round(float(logs["loss"]), 4), "load": runinfo.load()}
             rows.append(row)
             print(json.dumps(row), flush=True)
             with log_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
 
     clock = Clock()
-    load_start = load_average()
+    load_start = runinfo.load()
     # the callbacks that change what is trained (lookahead, whitening-bias freeze, ...), as the stage's
     recipe, _ = loop.training_callbacks(run)
     loop.fit(run, model, train_ds, [*recipe, clock])
@@ -252,7 +249,6 @@ def write_results(args: argparse.Namespace, variant: VariantParams, rows: list[d
     best = max(tested, key=lambda r: r["test_accuracy"])
     weights = "EMA weights" if variant.optimizer.use_ema else "raw weights"
     cpu = cpu_model()
-    command = "nice -n 10 .venv/bin/python benchmarks/fast_recipe.py " + " ".join(sys.argv[1:])
     recipe = json.dumps(dataclasses.asdict(variant), sort_keys=True)
     lines = [
         "# `fast` variant: CIFAR-10 test accuracy against training wall-clock",
@@ -261,8 +257,8 @@ def write_results(args: argparse.Namespace, variant: VariantParams, rows: list[d
         f"{platform.release()}, Python {platform.python_version()}, TensorFlow {tf.__version__}, "
         f"Keras {keras.__version__}",
         f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- Command: `{command}`",
-        f"- Load average (1/5/15 min) at start: {load_start}; at end: {load_average()} (per epoch in "
+        f"- Command: `{runinfo.command()}`",
+        f"- Load average (1/5/15 min) at start: {load_start}; at end: {runinfo.load()} (per epoch in "
         "the table: above 2 means other jobs shared the 2 cores and the times are upper bounds).",
         f"- Data: real CIFAR-10 from the JPEG re-encoding (quality ~75) in `{args.archive}`, "
         "50,000 train / 10,000 test; expect a point or two below the original pickles.",

@@ -43,12 +43,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import runinfo  # noqa: E402  (benchmarks/runinfo.py)
 import yaml  # noqa: E402  (after the path setup)
 from PIL import Image  # noqa: E402
 
 from cifar_dvc import artifacts, atomic  # noqa: E402
 from cifar_dvc.datasets import sources  # noqa: E402
 from cifar_dvc.datasets.params import SyntheticParams  # noqa: E402
+from cifar_dvc.training.precision import cpu_model  # noqa: E402
 from tests.synthetic_sets import write_prepared  # noqa: E402  (the tests' synthetic sets, one maker)
 
 GiB = 1024**3
@@ -180,7 +182,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="hardening-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    load_before = os.getloadavg()
+    load_before = runinfo.load()
     started = time.perf_counter()
     runs = build_inputs(work)
     build_seconds = time.perf_counter() - started
@@ -195,7 +197,7 @@ def main() -> None:
             print(f"{name:28} {code_name:10} exit {status} peak {peak:7.0f} MB {seconds:6.1f} s  "
                   f"{last[:150]}", flush=True)
     shutil.rmtree(work / "out", ignore_errors=True)
-    load_after = os.getloadavg()
+    load_after = runinfo.load()
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     ours = [r for r in rows if r[2] == "this tree"]
     met = all(r[4] < LIMIT_MB for r in ours)
@@ -203,12 +205,10 @@ def main() -> None:
         "# Hardening benchmark: peak memory of the stages on hostile inputs (issue 16)",
         "",
         f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"- Machine: {cpu_model()}, {os.cpu_count()} cores, "
         f"{mem_gb:.0f} GB RAM, {platform.platform()}, Python {platform.python_version()}",
-        f"- Load average (1/5/15 min) before: {' / '.join(f'{v:.2f}' for v in load_before)}; after: "
-        f"{' / '.join(f'{v:.2f}' for v in load_after)} (the machine is shared with other jobs)",
-        "- Command: `nice -n 10 .venv/bin/python benchmarks/hardening.py"
-        f"{' --baseline' if args.baseline else ''}` (inputs built in {build_seconds:.0f} s, scratch folder)",
+        f"- Load average (1/5/15 min) before: {load_before}; after: {load_after}",
+        f"- Command: `{runinfo.command()}` (inputs built in {build_seconds:.0f} s, scratch folder)",
         "- Peak RSS: `/usr/bin/time -v` \"Maximum resident set size\" of the stage process "
         "(`python -m stages.<stage> ... --params <file>`)",
         "",

@@ -36,7 +36,8 @@ Run with the peer venv (``make peer-venv``), never the project's:
 
 Reads ``--data``. Writes ``--out`` and its ``.md`` (default ``benchmarks/results/peer_airbench.json``;
 ``--smoke``: ``/tmp/peer_airbench_smoke.json``) and a temporary directory. Standalone: it imports
-nothing of the project (the peer venv has neither TensorFlow nor the project installed).
+nothing of the project but its sibling ``runinfo`` (standard library only), as the peer venv has
+neither TensorFlow nor the project installed.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import runinfo  # benchmarks/runinfo.py: standard library only
 import torch
 from torch import nn
 
@@ -153,10 +155,6 @@ def cpu_info() -> dict[str, Any]:
             "python": platform.python_version(), "torch": torch.__version__}
 
 
-def load_average() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
 def run_once(recipe: str, smoke: bool) -> dict[str, Any]:
     """One training of ``train<recipe>`` in the current directory (which holds ``cifar10/``)."""
     import airbench  # after the shims
@@ -173,7 +171,7 @@ def run_once(recipe: str, smoke: bool) -> dict[str, Any]:
         kwargs["train_loader"] = utils.CifarLoader("cifar10", train=True, batch_size=SMOKE["batch_size"],
                                                    aug=hyp["aug"], altflip=True)
     _Clock.timed_seconds = 0.0
-    load_start = load_average()
+    load_start = runinfo.load()
     wall, cpu = time.perf_counter(), time.process_time()
     model = train(**kwargs)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -188,7 +186,7 @@ def run_once(recipe: str, smoke: bool) -> dict[str, Any]:
             "wall_minutes": round(wall / 60, 3), "cpu_minutes": round(cpu / 60, 3),
             "airbench_timed_minutes": round(_Clock.timed_seconds / 60, 3),
             "eval_minutes": round((time.perf_counter() - eval_start) / 60, 3),
-            "torch_seed": torch.initial_seed(), "load_start": load_start, "load_end": load_average(),
+            "torch_seed": torch.initial_seed(), "load_start": load_start, "load_end": runinfo.load(),
             "date": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"}
 
 
@@ -242,8 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     install_cpu_shims()
-    command = "nice -n 10 .venv-peer/bin/python benchmarks/peer_airbench.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+    command = runinfo.command(argv)
     data = args.data.resolve()
     record = json.loads(out.read_text()) if out.exists() else {"runs": []}
     with tempfile.TemporaryDirectory(prefix="peer-airbench-") as tmp:

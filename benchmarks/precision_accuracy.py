@@ -24,6 +24,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+import runinfo
 from reproduction import machine, machine_label, write_keeping_reading
 
 from cifar_dvc import artifacts, config, inference
@@ -92,11 +93,10 @@ def _write(rows: list, args: argparse.Namespace, seed: int, started: dt.datetime
         "",
         f"- Date: {started:%Y-%m-%d %H:%M} UTC; machine: {machine_label(machine())}.",
         f"- Data: {args.data} (real CIFAR-10, JPEG copy); test = the 10,000 official test images.",
-        f"- Command: `nice -n 5 python benchmarks/precision_accuracy.py --data {args.data} --variants "
-        f"{' '.join(args.variants)} --epochs {args.epochs}"
-        + (f" --train-subset {' '.join(args.train_subset)}" if args.train_subset else "") + "`",
+        f"- Command: `{runinfo.command()}`",
         f"- Same seed ({seed}), data, epochs and recipe; only `train.precision` differs. Test accuracy of "
-        "the saved (float32) model, no TTA. Wall and CPU minutes of training (other jobs shared the CPU).",
+        "the saved (float32) model, no TTA. Wall and CPU minutes of training (load average at the end: "
+        f"{runinfo.load()}).",
         "",
         "| variant | train images | epochs | float32 test | mixed_bfloat16 test | difference (points) "
         "| float32 CPU min | bfloat16 CPU min |",

@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import runinfo  # benchmarks/runinfo.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,6 +43,7 @@ from cifar_dvc.datasets.params import read_seed  # noqa: E402
 from cifar_dvc.evaluation import adapt, evaluate  # noqa: E402
 from cifar_dvc.evaluation.corruptions import SEVERITIES  # noqa: E402
 from cifar_dvc.evaluation.params import CORRUPTIONS, EvaluateParams  # noqa: E402
+from cifar_dvc.training.precision import cpu_model  # noqa: E402
 from cifar_dvc.training.variant import load_variant  # noqa: E402
 
 NOTES = "## Reading"
@@ -68,7 +68,7 @@ def main() -> None:
     seed = read_seed(raw, str(args.params))
     params = EvaluateParams(batch_size=args.batch_size, corruption_images=args.corruption_images,
                             corruptions=list(CORRUPTIONS))
-    load_before = os.getloadavg()
+    load_before = runinfo.load()
     sets = {item.name: item for item in evaluate.load_sets(args.prepared, args.custom)}
     found = [v for v in args.variants if (args.models / f"{v}.keras").is_file()]
     missing = [v for v in args.variants if v not in found]
@@ -80,8 +80,8 @@ def main() -> None:
         runs[variant]["seconds"] = time.perf_counter() - start
         print(f"{variant}: {runs[variant]['seconds']:.0f} s", flush=True)
 
-    command = "nice -n 5 .venv/bin/python benchmarks/robustness.py " + shlex.join(sys.argv[1:])
-    lines = header(args, command, seed, found, missing, load_before, sets) + tables(runs, args.priors, sets)
+    lines = (header(args, runinfo.command(), seed, found, missing, load_before, sets)
+             + tables(runs, args.priors, sets))
     old = args.out.read_text() if args.out.is_file() else ""
     notes = old[old.index(NOTES):] if NOTES in old else ""
     atomic.write_text(args.out, "\n".join(lines) + "\n" + ("\n" + notes if notes else ""))
@@ -115,9 +115,9 @@ def measure(variant: str, path: Path, sets: dict[str, Any], params: EvaluatePara
 
 
 def header(args: argparse.Namespace, command: str, seed: int, found: list[str], missing: list[str],
-           load_before: tuple[float, float, float], sets: dict[str, Any]) -> list[str]:
-    cpu = _lscpu_model()
-    load_after = os.getloadavg()
+           load_before: str, sets: dict[str, Any]) -> list[str]:
+    cpu = cpu_model()
+    load_after = runinfo.load()
     import keras
     import tensorflow as tf
 
@@ -126,9 +126,9 @@ def header(args: argparse.Namespace, command: str, seed: int, found: list[str], 
         "# BatchNorm test-time adaptation and corruptions, trained variants (`benchmarks/robustness.py`)",
         "",
         f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- Machine: {cpu}, {os.cpu_count()} cores shared with a training job and other engineers; "
+        f"- Machine: {cpu}, {os.cpu_count()} cores; "
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
-        f"- Load average (1/5/15 min) before: {_load(load_before)}, after: {_load(load_after)}",
+        f"- Load average (1/5/15 min) before: {load_before}, after: {load_after}",
         f"- Command (from the repository root): `{command}`",
         f"- Models: {args.models} ({', '.join(found) or 'none'}"
         + (f"; not trained yet: {', '.join(missing)}" if missing else "") + ")",
@@ -217,20 +217,6 @@ def tables(runs: dict[str, dict[str, Any]], priors: list[float], sets: dict[str,
             lines.append(f"| {variant} | {c.replace('_', ' ')} | " + " | ".join(cells) + " |")
     return lines
 
-
-def _lscpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
-def _load(avg: tuple[float, float, float]) -> str:
-    return " / ".join(f"{v:.2f}" for v in avg)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import copy
 import csv
 import datetime as dt
 import os
-import platform
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,9 +28,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import runinfo
 
 from cifar_dvc import artifacts, config, inference
 from cifar_dvc.training.loop import train_variant
+from cifar_dvc.training.precision import cpu_model
 from cifar_dvc.training.variant import TrainParams, load_seed, load_variant
 
 # What the seeds report (their "validation" was the CIFAR-10 test set).
@@ -67,7 +68,7 @@ def main() -> None:
     test = artifacts.load_split(args.data / "test.npz")
     meta = artifacts.load_meta(args.data)
     started = dt.datetime.now(dt.timezone.utc)
-    load_before = os.getloadavg()
+    load_before = runinfo.load()
     rows, curves = [], {}
     for name in args.variants:
         base, overrides = DERIVED.get(name, (name, {}))
@@ -106,14 +107,12 @@ def main() -> None:
     lines = [
         "# Test accuracy of the seeds' models, trained by the pipeline",
         "",
-        f"- Date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.node()}, {os.cpu_count()} CPUs, CPU only.",
-        f"- Load average before: {' / '.join(f'{v:.2f}' for v in load_before)}; after: "
-        f"{' / '.join(f'{v:.2f}' for v in os.getloadavg())} (2 cores shared with other jobs).",
+        f"- Date: {started:%Y-%m-%d %H:%M} UTC; machine: {cpu_model()}, {os.cpu_count()} CPUs, CPU only.",
+        f"- Load average before: {load_before}; after: {runinfo.load()}.",
         f"- Data: real CIFAR-10 ({meta.dataset}) prepared by the pipeline: {args.data} "
         f"(train {len(artifacts.load_split(args.data / 'train.npz'))}, validation = 10% of train, "
         f"test {len(test)} = the official test batch). The seeds validated on the test set.",
-        f"- Command: `nice -n 10 python benchmarks/seed_accuracy.py --data {args.data} --work {args.work} "
-        f"--variants {' '.join(args.variants)} --cap {' '.join(args.cap)} --out {args.out}`",
+        f"- Command: `{runinfo.command()}`",
         "- Each variant trained with its params.yaml recipe (seed "
         f"{seed}); `epochs` = the recipe's, `run` = after the CPU-budget cap. The saved model is the best "
         "epoch by validation accuracy; test accuracy is that model's on the 10,000 test images.",

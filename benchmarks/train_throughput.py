@@ -44,6 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
+import runinfo
 import tensorflow as tf
 from reproduction import machine, write_keeping_reading
 
@@ -106,7 +107,7 @@ def main() -> None:
 
     params, names, prepared, train = _inputs(args)
     meta, stats, split = prepared.meta, prepared.stats, prepared.train
-    load_before = os.getloadavg()
+    load_before = runinfo.load()
     started = dt.datetime.now(dt.timezone.utc)
     rows = []
     for name in names:
@@ -145,21 +146,18 @@ def main() -> None:
               f"x{ours / seeds:.2f}, ceiling {ceiling:8.0f} img/s  (load {os.getloadavg()[0]:.1f})",
               flush=True)
 
-    load_after = os.getloadavg()
+    load_after = runinfo.load()
     lines = [
         "# Training throughput: our tf.data pipeline vs. the seeds' way",
         "",
         f"- Date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.node()}, {os.cpu_count()} CPUs "
-        f"({platform.processor() or platform.machine()}), CPU only, TensorFlow {_tf_version()}, "
+        f"({precision.cpu_model()}), CPU only, TensorFlow {_tf_version()}, "
         f"Keras {keras.__version__}.",
-        f"- Load average (1/5/15 min) before: {_load(load_before)}; after: {_load(load_after)} "
-        "(the 2 cores are shared with other jobs: absolute numbers are noisy, the ratio within a row "
-        "is measured back to back).",
+        f"- Load average (1/5/15 min) before: {load_before}; after: {load_after} (above the core count, "
+        "other jobs shared the cores: absolute numbers are noisy, the ratio within a row is measured "
+        "back to back).",
         f"- Data: {args.data} ({len(split)} real CIFAR-10 training images, 32x32x3).",
-        f"- Command: `nice -n 10 python benchmarks/train_throughput.py --data {args.data} "
-        f"--steps {args.steps} --max-seconds {args.max_seconds}"
-        + (f" --variants {' '.join(args.variants)}" if args.variants else "")
-        + (" --ceiling" if args.ceiling else "") + f" --out {args.out}`",
+        f"- Command: `{runinfo.command()}`",
         "- Seeds' way: float64 `x / 255.` and float64 one-hot labels into `model.fit(x, y, batch_size)`, "
         "steps_per_execution 1. Ours: uint8 -> tf.data (shuffle indices, gather, cast, augment, "
         "normalize, prefetch), steps_per_execution as configured. Same model, optimizer, batch size; "
@@ -204,7 +202,7 @@ def precision_table(args: argparse.Namespace) -> None:
     split = prepared.train
     flags = precision.cpu_flags()
     policies = {name: precision.resolve(name) for name in args.precisions}
-    load_before, started = os.getloadavg(), dt.datetime.now(dt.timezone.utc)
+    load_before, started = runinfo.load(), dt.datetime.now(dt.timezone.utc)
     rows = []
     for name in names:
         variant = load_variant(name, params, str(args.params))
@@ -244,11 +242,9 @@ def _precision_report(args: argparse.Namespace, rows: list, flags: set[str], pol
         f"- CPU flags seen: {', '.join(sorted(f for f in flags if 'bf16' in f or 'amx' in f)) or 'none'}"
         f" of bf16/AMX (avx512f: {'yes' if 'avx512f' in flags else 'no'}); `auto` resolved to "
         f"`{policies.get('auto', precision.resolve('auto'))}`.",
-        f"- Load average before: {_load(load_before)}; after: {_load(os.getloadavg())} (ratios within a "
+        f"- Load average before: {load_before}; after: {runinfo.load()} (ratios within a "
         "row are measured back to back).",
-        f"- Command: `python benchmarks/train_throughput.py --data {args.data} --steps {args.steps} "
-        f"--max-seconds {args.max_seconds} --rounds {args.rounds} --precisions {' '.join(args.precisions)}"
-        + (f" --variants {' '.join(args.variants)}" if args.variants else "") + f" --out {args.out}`",
+        f"- Command: `{runinfo.command()}`",
         "- Each cell: the variant's own training pipeline (tf.data, augmentation, steps_per_execution), "
         f"warm-up, then up to {args.steps} steps or {args.max_seconds:.0f} s; images/s, median of "
         f"{args.rounds} rounds that alternate the precisions.",
@@ -263,10 +259,6 @@ def _precision_report(args: argparse.Namespace, rows: list, flags: set[str], pol
                      + " | ".join(f"{v / speeds[0]:.2f}x" for v in speeds[1:]) + " |")
     write_keeping_reading(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
-
-
-def _load(values: tuple[float, float, float]) -> str:
-    return " / ".join(f"{v:.2f}" for v in values)
 
 
 def _tf_version() -> str:
