@@ -44,13 +44,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cifar_dvc.tfenv import set_defaults
 
-import keras
-import numpy as np
-import runinfo  # benchmarks/runinfo.py
-import tensorflow as tf
-from PIL import Image
+set_defaults()  # before TensorFlow loads: the stages' settings (oneDNN on), so this measures what they run
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import runinfo  # noqa: E402  (benchmarks/runinfo.py)
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cifar_dvc.tfenv import set_defaults
 
-import numpy as np
-import runinfo
-from reproduction import machine, machine_label, write_keeping_reading
+set_defaults()  # before TensorFlow loads: the stages' settings (oneDNN on), so this measures what they run
 
-from cifar_dvc import artifacts, config, inference
-from cifar_dvc.datasets.split import stratified_take
-from cifar_dvc.training.loop import train_variant
-from cifar_dvc.training.variant import TrainParams, load_seed, load_variant
+import numpy as np  # noqa: E402
+import runinfo  # noqa: E402
+from reproduction import machine, machine_label, write_keeping_reading  # noqa: E402
+
+from cifar_dvc import artifacts, config, inference  # noqa: E402
+from cifar_dvc.datasets.split import stratified_take  # noqa: E402
+from cifar_dvc.training.loop import train_variant  # noqa: E402
+from cifar_dvc.training.variant import TrainParams, load_seed, load_variant  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "precision_accuracy.md"
 PRECISIONS = ("float32", "mixed_bfloat16")

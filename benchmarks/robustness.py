@@ -32,8 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import runinfo  # benchmarks/runinfo.py
+from cifar_dvc.tfenv import set_defaults
+
+set_defaults()  # before TensorFlow loads: the stages' settings (oneDNN on), so this measures what they run
+
+import numpy as np  # noqa: E402
+import runinfo  # noqa: E402  (benchmarks/runinfo.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -22,18 +22,20 @@ import datetime as dt
 import os
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cifar_dvc.tfenv import set_defaults
 
-import matplotlib
+set_defaults()  # before TensorFlow loads: the stages' settings (oneDNN on), so this measures what they run
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import runinfo
+import matplotlib.pyplot as plt  # noqa: E402
+import runinfo  # noqa: E402
 
-from cifar_dvc import artifacts, config, inference
-from cifar_dvc.training.loop import train_variant
-from cifar_dvc.training.precision import cpu_model
-from cifar_dvc.training.variant import TrainParams, load_seed, load_variant
+from cifar_dvc import artifacts, config, inference  # noqa: E402
+from cifar_dvc.training.loop import train_variant  # noqa: E402
+from cifar_dvc.training.precision import cpu_model  # noqa: E402
+from cifar_dvc.training.variant import TrainParams, load_seed, load_variant  # noqa: E402
 
 # What the seeds report (their "validation" was the CIFAR-10 test set).
 SEED_FIGURES = {

@@ -40,17 +40,19 @@ import platform
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cifar_dvc.tfenv import set_defaults
 
-import keras
-import numpy as np
-import runinfo
-import tensorflow as tf
-from reproduction import machine, write_keeping_reading
+set_defaults()  # before TensorFlow loads: the stages' settings (oneDNN on), so this measures what they run
 
-from cifar_dvc import config
-from cifar_dvc.training import loop, precision
-from cifar_dvc.training.variant import TrainParams, VariantParams, load_variant, variant_names
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import runinfo  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from reproduction import machine, write_keeping_reading  # noqa: E402
+
+from cifar_dvc import config  # noqa: E402
+from cifar_dvc.training import loop, precision  # noqa: E402
+from cifar_dvc.training.variant import TrainParams, VariantParams, load_variant, variant_names  # noqa: E402
 
 
 class _StepTimer(keras.callbacks.Callback):
@@ -80,8 +82,10 @@ class _StepTimer(keras.callbacks.Callback):
         return self.end - self.start if self.start is not None else math.nan
 
 
-def _measure(model: keras.Model, fit_args: dict, batch_size: int, max_steps: int,
-             max_seconds: float) -> float:
+def images_per_second(model: keras.Model, fit_args: dict, batch_size: int, max_steps: int,
+                      max_seconds: float) -> float:
+    """Training images/s of ``model.fit(**fit_args)`` after its first call, over at most
+    ``max_steps`` steps or ``max_seconds`` seconds."""
     timer = _StepTimer(max_steps, max_seconds)
     model.fit(**fit_args, epochs=1, verbose=0, callbacks=[timer])
     return timer.steps() * batch_size / timer.seconds()
@@ -105,7 +109,7 @@ def main() -> None:
     if args.precisions:
         return precision_table(args)
 
-    params, names, prepared, train = _inputs(args)
+    params, names, prepared, train = inputs(args)
     meta, stats, split = prepared.meta, prepared.stats, prepared.train
     load_before = runinfo.load()
     started = dt.datetime.now(dt.timezone.utc)
@@ -125,14 +129,14 @@ def main() -> None:
         y64 = np.eye(meta.num_classes)[split.y[:n]]
         seeds_model = loop.build(seeds_run, meta.image_shape, meta.num_classes, stats)
         seeds_model.fit(x64[: 2 * bs], y64[: 2 * bs], batch_size=bs, epochs=1, verbose=0)  # trace
-        seeds = _measure(seeds_model, {"x": x64, "y": y64, "batch_size": bs, "shuffle": True}, bs,
+        seeds = images_per_second(seeds_model, {"x": x64, "y": y64, "batch_size": bs, "shuffle": True}, bs,
                          args.steps, args.max_seconds)
         del x64, y64, seeds_model
 
         # Ours: exactly the training pipeline of train@<name>.
-        run, model, ds = _ours(name, variant, train, prepared, n, "float32")
+        run, model, ds = stage_model(name, variant, train, prepared, n, "float32")
         model.fit(ds.take(spe), epochs=1, verbose=0, shuffle=False)  # trace one compiled call
-        ours = _measure(model, {"x": ds, "shuffle": False}, bs, args.steps, args.max_seconds)
+        ours = images_per_second(model, {"x": ds, "shuffle": False}, bs, args.steps, args.max_seconds)
 
         ceiling = math.nan
         if args.ceiling:  # same compiled model, batches computed once and kept in memory
@@ -140,7 +144,8 @@ def main() -> None:
             cached = loop.val_dataset(run, split.x[:n], prepared.train_labels[:n], stats).cache()
             for _ in cached:  # fill the cache before timing
                 pass
-            ceiling = _measure(model, {"x": cached, "shuffle": False}, bs, args.steps, args.max_seconds)
+            ceiling = images_per_second(model, {"x": cached, "shuffle": False}, bs, args.steps,
+                                        args.max_seconds)
         rows.append((name, variant.model, bs, spe, variant.augment.enabled, seeds, ours, ceiling))
         print(f"{name:10s} batch {bs:3d}: seeds' way {seeds:8.0f} img/s, ours {ours:8.0f} img/s, "
               f"x{ours / seeds:.2f}, ceiling {ceiling:8.0f} img/s  (load {os.getloadavg()[0]:.1f})",
@@ -178,7 +183,7 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def _inputs(args: argparse.Namespace) -> tuple:
+def inputs(args: argparse.Namespace) -> tuple:
     """params, variant names, the prepared data as training reads it and ``train:`` of the run."""
     params = config.read_params(args.params)
     names = args.variants or variant_names(params)
@@ -186,8 +191,8 @@ def _inputs(args: argparse.Namespace) -> tuple:
     return params, names, loop.load_data(args.data), train
 
 
-def _ours(name: str, variant: VariantParams, train: TrainParams, prepared: loop.TrainingData, n: int,
-          setting: str) -> tuple[loop.Run, keras.Model, tf.data.Dataset]:
+def stage_model(name: str, variant: VariantParams, train: TrainParams, prepared: loop.TrainingData,
+                n: int, setting: str) -> tuple[loop.Run, keras.Model, tf.data.Dataset]:
     """The run, compiled model and training dataset of ``train@<name>`` on ``n`` images, built by the
     stage's own steps under ``train.precision: setting``."""
     run = loop.start_run(name, variant, dataclasses.replace(train, precision=setting), 0, n)
@@ -198,7 +203,7 @@ def _ours(name: str, variant: VariantParams, train: TrainParams, prepared: loop.
 
 def precision_table(args: argparse.Namespace) -> None:
     """Images/s of every variant's training under each of ``args.precisions``, back to back."""
-    params, names, prepared, train = _inputs(args)
+    params, names, prepared, train = inputs(args)
     split = prepared.train
     flags = precision.cpu_flags()
     policies = {name: precision.resolve(name) for name in args.precisions}
@@ -212,15 +217,15 @@ def precision_table(args: argparse.Namespace) -> None:
         n = min(len(split), (args.steps + 2 * spe) * bs)
         runs = {}
         for setting in args.precisions:
-            _, model, ds = _ours(name, variant, train, prepared, n, setting)
+            _, model, ds = stage_model(name, variant, train, prepared, n, setting)
             model.fit(ds.take(spe), epochs=1, verbose=0, shuffle=False)  # trace one compiled call
             runs[setting] = (model, ds)
         # Interleaved rounds, median per precision: a load change hits every precision alike.
         samples: dict[str, list[float]] = {s: [] for s in args.precisions}
         for _ in range(args.rounds):
             for setting, (model, ds) in runs.items():
-                samples[setting].append(_measure(model, {"x": ds, "shuffle": False}, bs, args.steps,
-                                                 args.max_seconds))
+                samples[setting].append(images_per_second(model, {"x": ds, "shuffle": False}, bs,
+                                                          args.steps, args.max_seconds))
         speeds = [float(np.median(samples[s])) for s in args.precisions]
         del runs
         rows.append((name, bs, speeds))

@@ -8,8 +8,14 @@ descriptor 2. So ``import_tensorflow`` points descriptor 2 at a temporary file w
 imports and enumerates its devices, then writes back every captured line that is not known
 start-up noise (``NOISE``): a real error at import still shows.
 
-Reads and writes nothing but the process's stderr. Called by the stages that use TensorFlow
-(``stages/train.py``, ...) before they import Keras models.
+It also sets TensorFlow's CPU kernels before the import (``set_defaults``): oneDNN on
+(``TF_ENABLE_ONEDNN_OPTS=1``) unless the environment already says otherwise. TensorFlow turns
+oneDNN on by itself only on CPUs with AVX-512 VNNI/BF16 or AMX; elsewhere (an AVX2 AMD EPYC, for
+one) it runs Eigen's kernels, and those trained this project's networks at 0.4-0.8x oneDNN's speed
+(``benchmarks/onednn.py``, ``benchmarks/results/onednn.md``). Results differ only in round-off.
+
+Reads and writes nothing but the process's stderr and environment. Called by the stages, the web
+demo, the benchmarks and the tests' conftest before anything imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -28,11 +34,35 @@ NOISE = re.compile(
 )
 
 
+# TensorFlow reads these once, when it is imported; a value already in the environment wins.
+DEFAULTS = {
+    "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow's own INFO and WARNING lines
+    "TF_ENABLE_ONEDNN_OPTS": "1",  # oneDNN's kernels on every x86 CPU, not only the newest (above)
+}
+
+
+def set_defaults() -> None:
+    """Put ``DEFAULTS`` into the environment where it has no value yet; effective only before
+    TensorFlow is imported."""
+    for name, value in DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def onednn_enabled() -> bool | None:
+    """Whether the imported TensorFlow runs oneDNN's CPU kernels (None: TensorFlow cannot say)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own test helper's source
+    except ImportError:
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def import_tensorflow() -> ModuleType:
-    """``import tensorflow`` (and its device discovery) with the start-up noise filtered out."""
+    """``import tensorflow`` (and its device discovery) with ``DEFAULTS`` set and the start-up noise
+    filtered out."""
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's own INFO and WARNING lines
+    set_defaults()
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:

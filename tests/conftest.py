@@ -7,15 +7,16 @@ pipeline artifacts in a second.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any test imports TensorFlow
+from cifar_dvc.tfenv import set_defaults
 
-from cifar_dvc.datasets.params import SyntheticParams
-from tests.synthetic_sets import write_prepared
+set_defaults()  # before any test imports TensorFlow: the stages' oneDNN kernels, quiet start
+
+from cifar_dvc.datasets.params import SyntheticParams  # noqa: E402
+from tests.synthetic_sets import write_prepared  # noqa: E402
 
 TINY_SYNTHETIC = SyntheticParams(num_classes=10, train_per_class=20, test_per_class=10, image_size=32)
 

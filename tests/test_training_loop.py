@@ -92,8 +92,16 @@ def test_train_writes_best_model_sidecar_and_logs(tmp_path: Path, prepared_dir: 
     assert sorted(leftovers) == ["tiny", "tiny.json", "tiny.keras"]  # nothing temporary left behind
 
 
-def test_two_runs_give_identical_metrics(tmp_path: Path, prepared_dir: Path) -> None:
-    variant = _tiny(model="mlp", model_args={"hidden_units": 32, "dropout": 0.5}, epochs=2)
+# mlp: dropout and shuffling; fast: convolutions, BatchNorm and pooling through oneDNN's kernels
+# (on in the tests as in the stages, cifar_dvc/tfenv.py), the whitening stem, the 64x BN-shift lr.
+@pytest.mark.parametrize("entry", [
+    {"model": "mlp", "model_args": {"hidden_units": 32, "dropout": 0.5}},
+    {"model": "fast", "model_args": {"width": 4}, "batch_size": 64, "label_smoothing": 0.2,
+     "optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.85, "nesterov": True,
+                   "norm_bias_lr_scale": 64}, "augment": {"flip": True, "crop_padding": 2}},
+], ids=["mlp", "fast"])
+def test_two_runs_give_identical_metrics(tmp_path: Path, prepared_dir: Path, entry: dict) -> None:
+    variant = _tiny(**entry, epochs=2)
     first = _run(tmp_path / "a", prepared_dir, variant)
     second = _run(tmp_path / "b", prepared_dir, variant)
     assert first.history == second.history

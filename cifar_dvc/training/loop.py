@@ -53,7 +53,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cifar_dvc import artifacts, atomic, config, inference, models
+from cifar_dvc import artifacts, atomic, config, inference, models, tfenv
 from cifar_dvc.errors import DataError
 from cifar_dvc.modelinfo import ModelInfo, save_info
 from cifar_dvc.normalization import STATS_FILE, NormStats, load_stats, normalize
@@ -266,7 +266,7 @@ def stage_callbacks(run: Run, prepared: TrainingData, live_dir: Path, backup_dir
     stateful: dict[str, resume.Stateful] = {"timer": timer, "best": saver, **recipe_state}
     live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
     live.log_params({"variant": run.name, "seed": run.seed, "epochs": run.epochs,
-                     "precision": run.precision, **config.to_dict(variant)})
+                     "precision": run.precision, "onednn": tfenv.onednn_enabled(), **config.to_dict(variant)})
     for logs in resumed["history"] if resumed else []:  # the curves of the epochs done before
         for metric, value in logs.items():
             live.log_metric(standardize_metric_name(metric, "dvclive.keras"), value)
@@ -333,6 +333,7 @@ def summarize(run: Run, model: keras.Model, prepared: TrainingData, stage: Stage
         "best_epoch": saver.best_epoch if variant.checkpoint == "best" else epochs_run,
         "best_value": saver.best if variant.checkpoint == "best" else hist.get(variant.monitor, [None])[-1],
         "precision": run.precision,
+        "onednn": tfenv.onednn_enabled(),  # TensorFlow's CPU kernels: oneDNN or Eigen (cifar_dvc/tfenv.py)
         "resumed_after_epoch": backup.initial_epoch,
         "seconds": round(backup.seconds, 2),
         "cpu_seconds": round(backup.cpu_seconds, 2),  # all threads: compare machines by CPU time, not wall
