@@ -80,12 +80,11 @@ def main() -> None:
 def run_child(child_args: list[str], setting: str) -> dict:
     """One child's measurements under ``TF_ENABLE_ONEDNN_OPTS=setting``; exits on its failure."""
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": setting}
-    proc = subprocess.run(child_args, env=env, capture_output=True, text=True)
+    proc = subprocess.run(child_args, env=env, stdout=subprocess.PIPE, text=True)  # progress on stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise SystemExit(f"error: the TF_ENABLE_ONEDNN_OPTS={setting} measurement failed "
-                         f"(exit {proc.returncode}): {tail}")
+                         f"(exit {proc.returncode}; its messages are above)")
     return json.loads(lines[-1][len(RESULT):])
 
 
@@ -116,6 +115,7 @@ def child(args: argparse.Namespace) -> None:
         _, model, ds = stage_model(name, variant, train, prepared, n, "float32")
         model.fit(ds.take(spe), epochs=1, verbose=0, shuffle=False)  # trace one compiled call
         speeds[name] = images_per_second(model, {"x": ds, "shuffle": False}, bs, args.steps, args.max_seconds)
+        print(f"  {name}: {speeds[name]:.0f} img/s", file=sys.stderr, flush=True)  # progress
     print(RESULT + json.dumps({"onednn": onednn_enabled(), "speeds": speeds}), flush=True)
 
 
