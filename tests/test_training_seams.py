@@ -1,10 +1,13 @@
 """The steps of ``cifar_dvc.training.loop`` compose to what ``train_variant`` trains, and the
-benchmarks that call them (``fast_recipe``, ``train_throughput``) run on the tiny synthetic set."""
+benchmarks that call them (``fast_recipe``, ``train_throughput``, ``onednn``) run on the tiny
+synthetic set."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -146,3 +149,20 @@ def test_train_throughput_benchmark_measures_the_stage_pipeline(tmp_path: Path, 
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:5] == ["mlp", "16", "1", "yes"]
     assert all(float(c.replace(",", "").rstrip("x")) > 0 for c in cells[5:])
+
+
+def test_onednn_benchmark_switches_the_kernels_of_its_children(tmp_path: Path, prepared_dir: Path) -> None:
+    """``onednn.py``: one child process per setting, each measuring the stage's training."""
+    params = _params(tmp_path / "params.yaml", {"model": "cnn", "model_args": {"filters": 4},
+                                                "batch_size": 16})
+    out = tmp_path / "onednn.md"
+    result = subprocess.run([sys.executable, "benchmarks/onednn.py", "--data", str(prepared_dir),
+                             "--params", str(params), "--steps", "3", "--max-seconds", "5", "--rounds", "1",
+                             "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = out.read_text()
+    if os.uname().machine == "x86_64":  # each child's TensorFlow says which kernels it really ran
+        assert "`TF_ENABLE_ONEDNN_OPTS=0` -> oneDNN [False], `=1` -> [True]" in report
+    row = next(line for line in report.splitlines() if line.startswith("| tiny |"))
+    off, on, ratio = (c.strip() for c in row.strip("|").split("|")[1:])
+    assert float(off.replace(",", "")) > 0 and float(on.replace(",", "")) > 0 and ratio.endswith("x")
