@@ -11,7 +11,7 @@ start-up noise (``NOISE``): a real error at import still shows.
 It also sets TensorFlow's CPU kernels before the import (``set_defaults``): oneDNN on
 (``TF_ENABLE_ONEDNN_OPTS=1``) unless the environment already says otherwise. TensorFlow turns
 oneDNN on by itself only on CPUs with AVX-512 VNNI/BF16 or AMX; elsewhere (an AVX2 AMD EPYC, for
-one) it runs Eigen's kernels, and those trained this project's networks at 0.4-0.8x oneDNN's speed
+one) it runs Eigen's kernels, and those trained this project's networks at 0.38-0.88x oneDNN's speed
 (``benchmarks/onednn.py``, ``benchmarks/results/onednn.md``). Results differ only in round-off.
 
 Reads and writes nothing but the process's stderr and environment. Called by the stages, the web
@@ -51,7 +51,7 @@ def set_defaults() -> None:
 def onednn_enabled() -> bool | None:
     """Whether the imported TensorFlow runs oneDNN's CPU kernels (None: TensorFlow cannot say)."""
     try:
-        from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own test helper's source
+        from tensorflow.python.util import _pywrap_util_port  # private: what TensorFlow's tests ask
     except ImportError:
         return None
     return bool(_pywrap_util_port.IsMklEnabled())

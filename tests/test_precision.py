@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import cifar_dvc.models  # noqa: F401  (registers custom layers for load_model)
-from cifar_dvc import artifacts, config, models
+from cifar_dvc import artifacts, config, models, tfenv
 from cifar_dvc.modelinfo import load_info
 from cifar_dvc.normalization import STATS_FILE, load_stats
 from cifar_dvc.training import precision
@@ -116,6 +116,9 @@ def test_a_model_trained_in_bfloat16_is_saved_and_predicts_in_float32(tmp_path: 
     assert info.training["precision"] == "mixed_bfloat16" and info.training["cpu_seconds"] > 0
     params = (tmp_path / "dvclive" / "params.yaml").read_text()
     assert "precision: mixed_bfloat16" in params
+    # which CPU kernels trained it, beside the precision (the tests run the stages' oneDNN setting)
+    onednn = tfenv.onednn_enabled()
+    assert info.training["onednn"] is onednn and f"onednn: {str(onednn).lower()}" in params
     with zipfile.ZipFile(model_path) as archive:
         assert "bfloat16" not in archive.read("config.json").decode()
     loaded = keras.models.load_model(model_path)
