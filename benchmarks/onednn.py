@@ -99,21 +99,15 @@ def tensorflow_default() -> str:
 
 def child(args: argparse.Namespace) -> None:
     """Every variant's training images/s in this process, as one line of JSON on stdout."""
-    from train_throughput import images_per_second, inputs, stage_model  # imports TensorFlow
+    from train_throughput import images_per_second, inputs, traced_models  # imports TensorFlow
 
     from cifar_dvc.tfenv import onednn_enabled
-    from cifar_dvc.training.variant import load_variant
 
     params, names, prepared, train = inputs(args)
     speeds = {}
     for name in names:
-        variant = load_variant(name, params, str(args.params))
-        if variant.model == "mobilenet":
-            variant.model_args["weights"] = "none"
-        bs, spe = variant.batch_size, variant.steps_per_execution or train.steps_per_execution
-        n = min(len(prepared.train), (args.steps + 2 * spe) * bs)
-        _, model, ds = stage_model(name, variant, train, prepared, n, "float32")
-        model.fit(ds.take(spe), epochs=1, verbose=0, shuffle=False)  # trace one compiled call
+        bs, runs = traced_models(name, params, str(args.params), train, prepared, args.steps, ["float32"])
+        model, ds = runs["float32"]
         speeds[name] = images_per_second(model, {"x": ds, "shuffle": False}, bs, args.steps, args.max_seconds)
         print(f"  {name}: {speeds[name]:.0f} img/s", file=sys.stderr, flush=True)  # progress
     print(RESULT + json.dumps({"onednn": onednn_enabled(), "speeds": speeds}), flush=True)

@@ -201,25 +201,34 @@ def stage_model(name: str, variant: VariantParams, train: TrainParams, prepared:
     return run, model, ds
 
 
+def traced_models(name: str, params: dict, params_path: str, train: TrainParams,
+                  prepared: loop.TrainingData, steps: int,
+                  settings: list[str]) -> tuple[int, dict[str, tuple[keras.Model, tf.data.Dataset]]]:
+    """The batch size of ``train@<name>`` and, for each ``train.precision`` in ``settings``, its
+    compiled model and training dataset (``stage_model``; MobileNet without weights, same compute)
+    on enough images for ``steps`` timed steps, traced by one compiled call."""
+    variant = load_variant(name, params, params_path)
+    if variant.model == "mobilenet":
+        variant.model_args["weights"] = "none"
+    bs, spe = variant.batch_size, variant.steps_per_execution or train.steps_per_execution
+    n = min(len(prepared.train), (steps + 2 * spe) * bs)
+    runs = {}
+    for setting in settings:
+        _, model, ds = stage_model(name, variant, train, prepared, n, setting)
+        model.fit(ds.take(spe), epochs=1, verbose=0, shuffle=False)  # trace one compiled call
+        runs[setting] = (model, ds)
+    return bs, runs
+
+
 def precision_table(args: argparse.Namespace) -> None:
     """Images/s of every variant's training under each of ``args.precisions``, back to back."""
     params, names, prepared, train = inputs(args)
-    split = prepared.train
     flags = precision.cpu_flags()
     policies = {name: precision.resolve(name) for name in args.precisions}
     load_before, started = runinfo.load(), dt.datetime.now(dt.timezone.utc)
     rows = []
     for name in names:
-        variant = load_variant(name, params, str(args.params))
-        if variant.model == "mobilenet":
-            variant.model_args["weights"] = "none"
-        bs, spe = variant.batch_size, variant.steps_per_execution or train.steps_per_execution
-        n = min(len(split), (args.steps + 2 * spe) * bs)
-        runs = {}
-        for setting in args.precisions:
-            _, model, ds = stage_model(name, variant, train, prepared, n, setting)
-            model.fit(ds.take(spe), epochs=1, verbose=0, shuffle=False)  # trace one compiled call
-            runs[setting] = (model, ds)
+        bs, runs = traced_models(name, params, str(args.params), train, prepared, args.steps, args.precisions)
         # Interleaved rounds, median per precision: a load change hits every precision alike.
         samples: dict[str, list[float]] = {s: [] for s in args.precisions}
         for _ in range(args.rounds):
