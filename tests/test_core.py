@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -211,29 +209,3 @@ def test_library_import_has_no_side_effects(tmp_path):
                    env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert list(tmp_path.iterdir()) == []
 
-
-PYTORCH = {"torch", "torchvision", "airbench"}  # the peer's stack: its own venv, never the project's
-
-
-def test_nothing_of_pytorch_is_imported_by_the_project_or_its_tests():
-    """airbench runs beside the project (benchmarks/peer_airbench.py, .venv-peer), never inside it:
-    no import statement in the package, the stages or the tests names PyTorch, no dependency in
-    pyproject.toml does, and importing every module of the package and the stages loads none of it."""
-    root = Path(__file__).resolve().parents[1]
-    named = {}
-    for path in [*root.glob("cifar_dvc/**/*.py"), *root.glob("stages/*.py"), *root.glob("tests/*.py")]:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
-            named.update({n.split(".")[0]: path.relative_to(root) for n in names})
-    assert {"numpy", "keras", "cifar_dvc"} <= set(named)  # the scan sees the imports there are
-    assert not PYTORCH & set(named), {n: str(named[n]) for n in PYTORCH & set(named)}
-    names_pytorch = re.compile(r'"(?:{})\b'.format("|".join(PYTORCH)), re.IGNORECASE)  # "torch>=2", ...
-    assert not names_pytorch.findall((root / "pyproject.toml").read_text())
-    code = ("import importlib, pkgutil, sys, cifar_dvc, stages\n"
-            "for package in (cifar_dvc, stages):\n"
-            "    for m in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
-            "        importlib.import_module(m.name)\n"
-            f"print(sorted(set({sorted(PYTORCH)!r}) & {{name.split('.')[0] for name in sys.modules}}))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, check=True, capture_output=True, text=True)
-    assert out.stdout.strip() == "[]"

@@ -5,6 +5,9 @@ For every stage (a ``foreach`` stage through its ``do:`` template) the module of
 inside a function, transitively, must lie under one of the stage's ``deps`` (the file itself or
 a folder holding it). Parsed, not imported: lazy imports count too, and nothing runs.
 
+The same scan checks that nothing of PyTorch (airbench's stack, kept in its own venv) is imported
+by the package, the stages or the tests.
+
 A module named in an import counts (``from cifar_dvc import models`` is
 ``cifar_dvc/models/__init__.py``); the parent packages Python runs on the way hold only
 docstrings, so they are not asked for.
@@ -14,6 +17,9 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,18 +40,23 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+def _import_statements(path: Path) -> Iterator[tuple[str, list[str]]]:
+    """Every absolute import anywhere in ``path``, as (module, names): ``import a.b`` is
+    ("a.b", []), ``from a import b, c`` is ("a", ["b", "c"])."""
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            yield from ((alias.name, []) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module, [alias.name for alias in node.names]
+
+
 def _imports(path: Path) -> set[Path]:
     """Project modules imported anywhere in ``path``."""
     found: set[Path] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # ``from pkg import x``: x is a module of pkg, or a name defined in pkg itself.
-            names = [f"{node.module}.{alias.name}" if _module_file(f"{node.module}.{alias.name}")
-                     else node.module for alias in node.names]
-        found.update(f for f in map(_module_file, names) if f is not None)
+    for module, names in _import_statements(path):
+        # ``from pkg import x``: x is a module of pkg, or a name defined in pkg itself.
+        named = [f"{module}.{name}" if _module_file(f"{module}.{name}") else module for name in names]
+        found.update(f for f in map(_module_file, named or [module]) if f is not None)
     return found
 
 
@@ -88,3 +99,26 @@ def test_the_import_scan_sees_lazy_imports_and_submodules() -> None:
     assert "cifar_dvc/training/loop.py" in found  # imported inside main()
     assert "cifar_dvc/models/__init__.py" in found  # from cifar_dvc import models
     assert "cifar_dvc/training/precision.py" in found  # transitively, through loop
+
+
+PYTORCH = {"torch", "torchvision", "airbench"}  # the peer's stack: its own venv, never the project's
+
+
+def test_nothing_of_pytorch_is_imported_by_the_project_or_its_tests():
+    """airbench runs beside the project (benchmarks/peer_airbench.py, .venv-peer), never inside it:
+    no import statement in the package, the stages or the tests names PyTorch, no dependency in
+    pyproject.toml does, and importing every module of the package and the stages loads none of it."""
+    files = [*ROOT.glob("cifar_dvc/**/*.py"), *ROOT.glob("stages/*.py"), *ROOT.glob("tests/*.py")]
+    named = {module.split(".")[0]: path.relative_to(ROOT) for path in files
+             for module, _ in _import_statements(path)}
+    assert {"numpy", "keras", "cifar_dvc"} <= set(named)  # the scan sees the imports there are
+    assert not PYTORCH & set(named), {n: str(named[n]) for n in PYTORCH & set(named)}
+    names_pytorch = re.compile(r'"(?:{})\b'.format("|".join(PYTORCH)), re.IGNORECASE)  # "torch>=2", ...
+    assert not names_pytorch.findall((ROOT / "pyproject.toml").read_text())
+    code = ("import importlib, pkgutil, sys, cifar_dvc, stages\n"
+            "for package in (cifar_dvc, stages):\n"
+            "    for m in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
+            "        importlib.import_module(m.name)\n"
+            f"print(sorted(set({sorted(PYTORCH)!r}) & {{name.split('.')[0] for name in sys.modules}}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
