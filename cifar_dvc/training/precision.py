@@ -10,10 +10,11 @@ hardware predict in float32 and nothing of the training hardware is left in the 
 
 - on a CPU with AMX (``amx_bf16`` in ``/proc/cpuinfo``): measured 2.0x (``fast``) and 2.25x (the
   IMP network) the float32 speed on this project's 2-core Xeon;
+- on a CPU with ``avx512_bf16`` but no AMX (AMD Zen 4): bfloat16 dot products in AVX-512, measured
+  1.27x (``fast``), 1.34x (``cnn``), 1.40x (``imp1``) and 1.52x (``keras_cnn``) the float32 speed
+  on a 2-core AMD EPYC (``benchmarks/results/precision_throughput_avx512bf16.md``);
 - on a GPU with bfloat16 units (compute capability 8.0 and newer);
-- never on a CPU without AMX: there bfloat16 is emulated and was measured about 4x *slower*.
-  A CPU with only ``avx512_bf16`` (AMD Zen 4) is unmeasured and stays float32 until a benchmark
-  there says otherwise (``benchmarks/train_throughput.py`` prints both).
+- never on a CPU with neither: there bfloat16 is emulated and was measured 1.7-10x *slower*.
 
 Reads ``/proc/cpuinfo`` (Linux; elsewhere no flags are found and ``auto`` is float32) and the
 visible GPUs. Writes nothing. Used by ``cifar_dvc.training.loop`` (``train@<name>``).
@@ -34,6 +35,9 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 CPUINFO = Path("/proc/cpuinfo")
 # GPUs from Ampere (compute capability 8.0) on have bfloat16 tensor cores.
 BF16_MIN_COMPUTE_CAPABILITY = (8, 0)
+# CPU flags of bfloat16 arithmetic in hardware (AMX tiles; AVX-512 dot products), where bfloat16
+# was measured faster than float32. Without them TensorFlow emulates it, 1.7-10x slower.
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 def cpu_flags(path: Path | str | None = None) -> set[str]:
@@ -88,7 +92,7 @@ def resolve(setting: str, flags: set[str] | None = None,
         bf16 = all(cc >= BF16_MIN_COMPUTE_CAPABILITY for cc in gpus)
         return "mixed_bfloat16" if bf16 else "float32"
     flags = cpu_flags() if flags is None else flags
-    return "mixed_bfloat16" if "amx_bf16" in flags else "float32"
+    return "mixed_bfloat16" if flags & BF16_CPU_FLAGS else "float32"
 
 
 @contextlib.contextmanager
