@@ -141,9 +141,12 @@ def _label(record: dict[str, Any], dataset_note: str = "") -> str:
     return f"{record['variant']} ({'; '.join(notes)})" if notes else record["variant"]
 
 
+def _bf16_hardware(m: dict[str, Any]) -> str:
+    return "AMX" if m.get("amx_bf16") else ("avx512_bf16" if m.get("avx512_bf16") else "no bf16")
+
+
 def machine_label(m: dict[str, Any]) -> str:
-    flags = "AMX" if m.get("amx_bf16") else ("avx512_bf16" if m.get("avx512_bf16") else "no bf16")
-    return f"{m['cpu']} ({m['cores']} cores, {flags})"
+    return f"{m['cpu']} ({m['cores']} cores, {_bf16_hardware(m)})"
 
 
 def report(records: list[dict[str, Any]]) -> str:
@@ -222,8 +225,8 @@ def main() -> None:
 def readme_table(records: list[dict[str, Any]]) -> str:
     """The short table of the README: every variant, what `dvc repro` gave here, and its cost."""
     done = {r["variant"]: r for r in records}
-    lines = ["| variant | seed's figure | `dvc repro` here: test (custom photos) | epochs | CPU min here "
-             "| seed's own time |", "|---|---:|---:|---:|---:|---|"]
+    lines = ["| variant | seed's figure | `dvc repro` here: test (custom photos) | epochs "
+             "| CPU min here (CPU's bf16, precision) | seed's own time |", "|---|---:|---:|---:|---:|---|"]
     for name in ORDER:
         seed = SEED_FIGURES.get(name, {})
         record = done.get(name)
@@ -233,7 +236,9 @@ def readme_table(records: list[dict[str, Any]]) -> str:
             m, t = record["metrics"], record["training"]
             ours = f"{_pct(accuracy(m, evalsets.TEST))} ({_pct(accuracy(m, 'custom'))})"
             epochs = f"{t['epochs_run']} / {record['variant_params']['epochs']}"
-            cpu = _minutes(t.get("cpu_seconds"))
+            # Rows come from different CPUs and precisions: a reader compares only like with like.
+            cpu = (f"{_minutes(t.get('cpu_seconds'))} ({_bf16_hardware(record['machine'])}, "
+                   f"{t.get('precision', 'float32')})")
         label = _label(record) if record else name
         lines.append(f"| {label} | {_pct(seed.get('accuracy'))} | {ours} | {epochs} | {cpu} "
                      f"| {seed.get('gpu_time') or '-'} |")
