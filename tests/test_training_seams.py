@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from cifar_dvc import artifacts, config
-from cifar_dvc.training import loop
+from cifar_dvc.training import loop, precision
 from cifar_dvc.training.variant import TrainParams, VariantParams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +132,8 @@ def test_fast_recipe_benchmark_trains_and_tests_through_the_steps(tmp_path: Path
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
     report = out.read_text()
-    assert "EMA weights, TTA 1" in report and "precision float32" in report
+    # The precision `auto` resolved to on this machine (bfloat16 on AMX and avx512_bf16 CPUs).
+    assert "EMA weights, TTA 1" in report and f"precision {precision.resolve('auto')}" in report
 
 
 def test_train_throughput_benchmark_measures_the_stage_pipeline(tmp_path: Path, prepared_dir: Path,
