@@ -6,8 +6,12 @@ models (float32 whatever trained them) are then scored on the test split. On a C
 bfloat16 is emulated and several times slower: the point here is the accuracy, the speed is in
 ``precision_throughput.md``.
 
+One pair of runs cannot resolve a small difference for a recipe whose accuracy swings from epoch
+to epoch; ``--seeds`` trains one pair per seed (seed = weight init and data order, each pair
+shares it) and reports the mean paired difference with its standard error.
+
     nice -n 5 python benchmarks/precision_accuracy.py --data /work/repro/data/prepared \
-        --variants cnn imp1 --epochs 10 [--train-subset imp1=10000]
+        --variants cnn imp1 --epochs 10 [--train-subset imp1=10000] [--seeds 7 8 9]
 
 Reads params.yaml and the prepared data. Writes benchmarks/results/precision_accuracy.md and
 models into ``--work`` (default a temporary folder).
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -60,11 +65,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="epochs of every run (train.max_epochs)")
     parser.add_argument("--train-subset", nargs="*", default=[], metavar="VARIANT=N",
                         help="train that variant on a stratified subset of N training images")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="one float32/bfloat16 pair per seed (default: params.yaml's seed)")
     parser.add_argument("--work", type=Path, default=None, help="models go here (default: a temp folder)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="precision-accuracy-"))
     params = config.read_params(args.params)
-    seed = load_seed(params)
+    seed = load_seed(params)  # also picks the training subset, the same for every --seeds pair
+    args.seeds = args.seeds or [seed]
     subsets = {k: int(v) for k, v in (item.split("=") for item in args.train_subset)}
     test = artifacts.load_split(args.data / "test.npz")
     started = dt.datetime.now(dt.timezone.utc)
@@ -72,42 +80,64 @@ def main() -> None:
     for name in args.variants:
         variant = load_variant(name, params, str(args.params))
         data = _subset_dir(args.data, subsets[name], seed, work) if name in subsets else args.data
-        results = {}
-        for policy in PRECISIONS:
-            train = TrainParams(max_epochs=args.epochs, precision=policy, verbose="epoch")
-            model_path = work / policy / f"{name}.keras"
-            result = train_variant(name, variant, train, seed, data, model_path,
-                                   work / policy / "live" / name)
-            model, info = inference.load(model_path)
-            probs = inference.predict(model, info, test.x, 0, batch_size=256)  # no TTA: the plain network
-            accuracy = float(np.mean(np.argmax(probs, axis=1) == test.y))
-            results[policy] = (accuracy, result.summary)
-            print(f"{name} {policy}: test {accuracy:.4f}, {result.summary['seconds']:.0f} s", flush=True)
-        rows.append((name, results))
-        _write(rows, args, seed, started)  # after every variant: a long run keeps what finished
+        for run_seed in args.seeds:
+            results = {}
+            for policy in PRECISIONS:
+                train = TrainParams(max_epochs=args.epochs, precision=policy, verbose="epoch")
+                model_path = work / policy / f"{name}-seed{run_seed}.keras"
+                result = train_variant(name, variant, train, run_seed, data, model_path,
+                                       work / policy / "live" / f"{name}-seed{run_seed}")
+                model, info = inference.load(model_path)
+                probs = inference.predict(model, info, test.x, 0, batch_size=256)  # no TTA: the plain network
+                accuracy = float(np.mean(np.argmax(probs, axis=1) == test.y))
+                results[policy] = (accuracy, result.summary)
+                print(f"{name} seed {run_seed} {policy}: test {accuracy:.4f}, "
+                      f"{result.summary['seconds']:.0f} s", flush=True)
+            rows.append((name, run_seed, results))
+            _write(rows, args, started)  # after every pair: a long run keeps what finished
 
 
-def _write(rows: list, args: argparse.Namespace, seed: int, started: dt.datetime) -> None:
-    """The report of the variants done so far."""
+def paired_difference(pairs: list[tuple[float, float]]) -> tuple[float, float | None]:
+    """Mean of ``b - a`` over (a, b) pairs and its standard error (None for a single pair)."""
+    diffs = [b - a for a, b in pairs]
+    if len(diffs) < 2:
+        return diffs[0], None
+    return statistics.fmean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
+
+
+def _write(rows: list, args: argparse.Namespace, started: dt.datetime) -> None:
+    """The report of the pairs done so far."""
     lines = [
         "# Test accuracy by train.precision: float32 against mixed_bfloat16",
         "",
         f"- Date: {started:%Y-%m-%d %H:%M} UTC; machine: {machine_label(machine())}.",
         f"- Data: {args.data} (real CIFAR-10, JPEG copy); test = the 10,000 official test images.",
         f"- Command: `{runinfo.command()}`",
-        f"- Same seed ({seed}), data, epochs and recipe; only `train.precision` differs. Test accuracy of "
+        f"- Seeds {', '.join(map(str, args.seeds))}: each pair shares its seed, data, epochs and recipe; "
+        "only `train.precision` differs. Test accuracy of "
         "the saved (float32) model, no TTA. Wall and CPU minutes of training (load average at the end: "
         f"{runinfo.load()}).",
         "",
-        "| variant | train images | epochs | float32 test | mixed_bfloat16 test | difference (points) "
+        "| variant | seed | train images | epochs | float32 test | mixed_bfloat16 test | difference (points) "
         "| float32 CPU min | bfloat16 CPU min |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, res in rows:
+    for name, run_seed, res in rows:
         (a32, s32), (a16, s16) = res["float32"], res["mixed_bfloat16"]
-        lines.append(f"| {name} | {s32['train_images']:,} | {s32['epochs_run']} | {100 * a32:.2f}% | "
-                     f"{100 * a16:.2f}% | {100 * (a16 - a32):+.2f} | {s32['cpu_seconds'] / 60:.1f} | "
-                     f"{s16['cpu_seconds'] / 60:.1f} |")
+        lines.append(f"| {name} | {run_seed} | {s32['train_images']:,} | {s32['epochs_run']} | "
+                     f"{100 * a32:.2f}% | {100 * a16:.2f}% | {100 * (a16 - a32):+.2f} | "
+                     f"{s32['cpu_seconds'] / 60:.1f} | {s16['cpu_seconds'] / 60:.1f} |")
+    summary = []
+    for name in dict.fromkeys(r[0] for r in rows):
+        pairs = [(res["float32"][0], res["mixed_bfloat16"][0]) for n, _, res in rows if n == name]
+        if len(pairs) > 1:
+            mean, err = paired_difference(pairs)
+            summary.append(f"- {name}: bfloat16 - float32 over {len(pairs)} seeds: {100 * mean:+.2f} points, "
+                           f"standard error {100 * err:.2f} (mean float32 "
+                           f"{100 * statistics.fmean(a for a, _ in pairs):.2f}%, bfloat16 "
+                           f"{100 * statistics.fmean(b for _, b in pairs):.2f}%)")
+    if summary:
+        lines += ["", "Paired over seeds:", "", *summary]
     write_keeping_reading(OUT, "\n".join(lines) + "\n")
     print(f"wrote {OUT}")
 

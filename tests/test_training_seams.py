@@ -1,6 +1,6 @@
 """The steps of ``cifar_dvc.training.loop`` compose to what ``train_variant`` trains, and the
-benchmarks that call them (``fast_recipe``, ``train_throughput``, ``onednn``) run on the tiny
-synthetic set."""
+benchmarks that call them (``fast_recipe``, ``train_throughput``, ``onednn``,
+``precision_accuracy``) run on the tiny synthetic set."""
 
 from __future__ import annotations
 
@@ -167,3 +167,26 @@ def test_onednn_benchmark_switches_the_kernels_of_its_children(tmp_path: Path, p
     row = next(line for line in report.splitlines() if line.startswith("| tiny |"))
     off, on, ratio = (c.strip() for c in row.strip("|").split("|")[1:])
     assert float(off.replace(",", "")) > 0 and float(on.replace(",", "")) > 0 and ratio.endswith("x")
+
+
+def test_precision_accuracy_benchmark_pairs_the_precisions_per_seed(tmp_path: Path, prepared_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``precision_accuracy.py --seeds``: a float32 / bfloat16 pair per seed, then their paired mean."""
+    bench = _benchmark("precision_accuracy", monkeypatch)
+    mean, err = bench.paired_difference([(0.60, 0.62), (0.70, 0.70), (0.50, 0.49)])
+    assert mean == pytest.approx(0.01 / 3) and err == pytest.approx(0.0152753 / 3 ** 0.5, rel=1e-5)
+    assert bench.paired_difference([(0.5, 0.6)]) == (pytest.approx(0.1), None)
+    params = _params(tmp_path / "params.yaml", {"model": "mlp", "model_args": {"hidden_units": 16},
+                                                "batch_size": 32})
+    out = tmp_path / "precision_accuracy.md"
+    monkeypatch.setattr(bench, "OUT", out)
+    monkeypatch.setattr(sys, "argv", ["precision_accuracy.py", "--data", str(prepared_dir), "--params",
+                                      str(params), "--variants", "tiny", "--epochs", "1", "--seeds", "4", "5",
+                                      "--work", str(tmp_path / "work")])
+    bench.main()
+    report = out.read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| tiny |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["4", "5"]
+    assert "- tiny: bfloat16 - float32 over 2 seeds:" in report
+    assert sorted(p.name for p in (tmp_path / "work" / "float32").glob("*.keras")) == [
+        "tiny-seed4.keras", "tiny-seed5.keras"]
