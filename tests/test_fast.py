@@ -89,6 +89,27 @@ def test_dirac_init_starts_each_block_conv_as_an_identity_on_its_first_channels(
     assert np.count_nonzero(plain) == plain.size
 
 
+def test_residual_blocks_add_a_third_conv_around_a_skip() -> None:
+    # airbench96's ConvGroup: one more conv3x3 + BN(shift, 2 moving stats) per block of width w
+    extra = sum(9 * w * w + 3 * w for w in (64, 256, 256))
+    assert build_fast((32, 32, 3), 10, residual=True).count_params() == 1_973_920 + extra
+    # airbench96's make_net96 has 12,721,208 PyTorch parameters (convs 12,708,864, whitening conv
+    # 288 + bias 24, BN weight + bias 6,912, linear 5,120); this one trains all of them except the
+    # frozen whitening kernel and the BN scales airbench freezes at 1 (3,456).
+    airbench96 = build_fast((32, 32, 3), 10, width=128, whiten_bias=True, residual=True)
+    assert sum(int(np.prod(w.shape)) for w in airbench96.trainable_weights) == 12_721_208 - 288 - 3_456
+    model = build_fast((32, 32, 3), 10, width=8, residual=True)
+    assert not any(layer.name.endswith("_add") for layer in build_fast((32, 32, 3), 10, width=8).layers)
+    third = np.asarray(model.get_layer("block3c_conv").kernel)  # dirac-initialized like the others
+    np.testing.assert_array_equal(third[1, 1, np.arange(32), np.arange(32)], np.ones(32))
+    names = [f"block{i}{part}" for i in (1, 2, 3) for part in ("a_gelu", "c_gelu", "_add")]
+    probe = keras.Model(model.input, [model.get_layer(name).output for name in names])
+    outputs = [np.asarray(o) for o in probe(_images(2, (32, 32, 3)), training=False)]
+    for first, last, added in zip(outputs[0::3], outputs[1::3], outputs[2::3], strict=True):
+        np.testing.assert_allclose(added, first + last, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(model(_images(2, (32, 32, 3)))).sum(axis=1), 1.0, rtol=1e-5)
+
+
 def test_stem_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="stem_width applies to stem 'conv'"):
         build_fast((32, 32, 3), 10, stem_width=8)

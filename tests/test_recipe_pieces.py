@@ -2,7 +2,7 @@
 
 Each is checked against airbench 0.1.8's own rule (its formulas re-typed here in NumPy; nothing
 of PyTorch is imported), and the three that carry state across epochs are checked through a
-real interrupted-and-resumed training run. ``fast_long`` builds and trains through the loop.
+real interrupted-and-resumed training run. ``fast_long`` and ``fast96`` build and train through the loop.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def test_recipe_callbacks_follow_the_variant() -> None:
     off = config.from_dict(VariantParams, {"model": "fast"}, where="variants.x")
     assert recipe_callbacks(off, 10, 2) == {}  # every piece is off unless a variant turns it on
     params = config.read_params(ROOT / "params.yaml")
-    for name in ("fast", "fast_long"):  # both run airbench's pieces (benchmarks/results/fast.md)
+    for name in ("fast", "fast_long", "fast96"):  # all run airbench's pieces (benchmarks/results/fast.md)
         found = recipe_callbacks(load_variant(name, params), 10, 2)
         assert isinstance(found["lookahead"], Lookahead) and found["lookahead"].total_steps == 20, name
         assert isinstance(found["whiten_bias"], WhitenBiasFreeze) and found["whiten_bias"].epochs == 3, name
@@ -281,11 +281,14 @@ def test_a_run_with_every_piece_resumes_to_the_same_model(tmp_path: Path, prepar
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
-def test_fast_long_builds_and_trains_a_step_through_the_loop(tmp_path: Path, prepared_dir: Path) -> None:
-    variant = load_variant("fast_long", config.read_params(ROOT / "params.yaml"))
+@pytest.mark.parametrize(("name", "min_params"), [("fast_long", 4_000_000), ("fast96", 10_000_000)])
+def test_bigger_fast_variants_build_and_train_a_step_through_the_loop(tmp_path: Path, prepared_dir: Path,
+                                                                      name: str, min_params: int) -> None:
+    variant = load_variant(name, config.read_params(ROOT / "params.yaml"))
     assert variant.model_args["width"] > 64 and variant.epochs > 12
     train = TrainParams(verbose="silent", max_epochs=1, jit_compile=False)
-    result = train_variant("fast_long", variant, train, 0, prepared_dir, tmp_path / "fast_long.keras",
+    result = train_variant(name, variant, train, 0, prepared_dir, tmp_path / f"{name}.keras",
                            tmp_path / "live")
     assert math.isfinite(result.history["loss"][0])
-    assert result.summary["params"] > 4_000_000  # width 96: blocks 96-384-384
+    # fast_long: blocks 96-384-384; fast96: airbench96's residual 128-512-512
+    assert result.summary["params"] > min_params

@@ -114,6 +114,36 @@ def test_cutout_erases_one_square() -> None:
         assert (image[..., 1] == 0).sum() == len(zeros)  # all channels erased
 
 
+def test_cutout_inside_erases_a_whole_square_everywhere_in_the_image() -> None:
+    x = np.full((64, 32, 32, 3), 200.0, np.float32)
+    layer = Cutout(12, seed=5, inside=True)
+    out = keras.ops.convert_to_numpy(layer(x, training=True))
+    corners = set()
+    for image in out:
+        zeros = np.argwhere(image[..., 0] == 0)
+        assert len(zeros) == 144  # airbench96's batch_cutout: never clipped
+        (r0, c0), (r1, c1) = zeros.min(axis=0), zeros.max(axis=0)
+        assert r1 - r0 + 1 == 12 and c1 - c0 + 1 == 12
+        corners.add((int(r0), int(c0)))
+    assert len(corners) > 32  # a random place per image, not one for the batch
+    assert max(r for r, _ in corners) <= 20 and max(c for _, c in corners) <= 20
+    # as a tf.data map (the input pipeline's graph mode), with the layer rebuilt from its config
+    rebuilt = Cutout.from_config(layer.get_config())
+    assert rebuilt.inside
+    mapped = tf.data.Dataset.from_tensor_slices(x).batch(16).map(lambda b: rebuilt(b, training=True))
+    for batch in mapped:
+        assert np.all((np.asarray(batch)[..., 0] == 0).sum(axis=(1, 2)) == 144)
+    # larger than the image: the whole image
+    np.testing.assert_array_equal(Cutout(40, seed=1, inside=True)(x[:2], training=True), 0 * x[:2])
+
+
+def test_cutout_inside_needs_cutout() -> None:
+    with pytest.raises(ValueError, match="cutout_inside"):
+        AugmentParams(cutout_inside=True).validate()
+    assert isinstance(build_augmenter(AugmentParams(cutout=12, cutout_inside=True), 0).layers[-1], Cutout)
+    assert build_augmenter(AugmentParams(cutout=12, cutout_inside=True), 0).layers[-1].inside
+
+
 def test_pad_crop_is_a_shifted_window() -> None:
     x = _images(8).astype("float32")
     out = keras.ops.convert_to_numpy(RandomPadCrop(2, seed=3)(x, training=True))

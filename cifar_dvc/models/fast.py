@@ -6,6 +6,8 @@ DAWNBench):
     stem   whiten: frozen conv2x2 (valid) set from the training data's patch covariance - GELU
            (or, with ``stem="conv"``, a trained conv3x3(stem_width) - BN - GELU)
     block  conv3x3(w) - maxpool2 - BN - GELU - conv3x3(w) - BN - GELU     (x3, widths w, 4w, 4w)
+           (``residual``: a third conv3x3(w) - BN - GELU, and the block's first GELU output
+           added to its last, as airbench96's ConvGroup)
     head   global max pool - dense(num_classes, no bias) - x scaling - softmax
 
 Why each choice (from airbench's ablations; measurements here in benchmarks/results/fast.md):
@@ -23,6 +25,8 @@ Why each choice (from airbench's ablations; measurements here in benchmarks/resu
 - Convs carry no bias (BN's shift replaces it); GELU trains a little faster than ReLU here.
 - The logits are scaled down (airbench: 1/9), which acts as a temperature: it lets the high
   learning rate that the rest of the net wants not blow up the last layer.
+- ``residual`` is airbench96's deeper block: three convs instead of two, and a skip around the
+  last two so that the extra depth starts as (nearly) an identity and does not slow early training.
 - Global max pooling instead of a fixed 3x3 pool keeps the model shape-agnostic (28x28x1 MNIST too).
 
 Input: normalized images of the data set's shape (N, H, W, C) float32. Output: class probabilities.
@@ -92,7 +96,7 @@ def _conv_bn_gelu(x: keras.KerasTensor, filters: int, name: str, pool: bool) -> 
 
 def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int = 64,
                stem: str = "whiten", stem_width: int | None = None, scaling: float = 1 / 9,
-               dirac: bool = True, whiten_bias: bool = False) -> keras.Model:
+               dirac: bool = True, whiten_bias: bool = False, residual: bool = False) -> keras.Model:
     """The fast network: stem, three conv blocks of widths (width, 4*width, 4*width), linear head.
 
     ``width=64`` is airbench94's size (1.97M parameters for CIFAR-10); smaller widths trade
@@ -102,6 +106,8 @@ def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int =
     as an identity on its first input channels. ``whiten_bias`` gives the whitening stem a trained
     bias (airbench94: ``Conv(..., bias=True)``, zero at the start), which the training loop freezes
     after ``whiten_bias_epochs`` (``cifar_dvc.training.callbacks.WhitenBiasFreeze``).
+    ``residual`` gives each block a third conv and adds the block's first activation to its last
+    (airbench96: 128-512-512 blocks with ``width=128``).
     """
     if stem not in ("whiten", "conv"):
         raise ValueError(f"stem must be 'whiten' or 'conv', got {stem!r}")
@@ -126,8 +132,11 @@ def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int =
     else:
         x = _conv_bn_gelu(inputs, stem_width, "stem", pool=False)
     for i, filters in enumerate((width, 4 * width, 4 * width), start=1):
-        x = _conv_bn_gelu(x, filters, f"block{i}a", pool=True)
+        x = shortcut = _conv_bn_gelu(x, filters, f"block{i}a", pool=True)
         x = _conv_bn_gelu(x, filters, f"block{i}b", pool=False)
+        if residual:
+            x = _conv_bn_gelu(x, filters, f"block{i}c", pool=False)
+            x = layers.Add(name=f"block{i}_add")([x, shortcut])
     x = layers.GlobalMaxPooling2D(name="pool")(x)
     x = layers.Dense(num_classes, use_bias=False, name="logits")(x)
     x = layers.Rescaling(scaling, name="temperature")(x)

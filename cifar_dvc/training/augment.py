@@ -65,12 +65,18 @@ class ChannelShift(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="cifar_dvc")
 class Cutout(keras.layers.Layer):
-    """Set one random ``size`` x ``size`` square of each image to 0 (may be clipped at the border)."""
+    """Set one random ``size`` x ``size`` square of each image to 0.
 
-    def __init__(self, size: int, seed: int | None = None, **kwargs: Any) -> None:
+    By default its centre is anywhere in the image, so it may be clipped at the border (DeVries &
+    Taylor 2017). ``inside=True`` keeps the whole square inside the image, as airbench96's
+    ``batch_cutout`` does: every image loses the same area.
+    """
+
+    def __init__(self, size: int, seed: int | None = None, inside: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.size = int(size)
         self.seed = seed
+        self.inside = bool(inside)
         self.generator = keras.random.SeedGenerator(seed)
 
     def call(self, images: Any, training: bool = True) -> Any:
@@ -79,20 +85,25 @@ class Cutout(keras.layers.Layer):
         ops = keras.ops
         shape = ops.shape(images)
         batch, height, width = shape[0], shape[1], shape[2]
-        centre_y = keras.random.randint((batch, 1, 1, 1), 0, height, seed=self.generator)
-        centre_x = keras.random.randint((batch, 1, 1, 1), 0, width, seed=self.generator)
+        if self.inside:  # a top-left corner where the square fits (one larger than the image covers it)
+            top = keras.random.randint((batch, 1, 1, 1), 0, ops.maximum(height - self.size, 0) + 1,
+                                       seed=self.generator)
+            left = keras.random.randint((batch, 1, 1, 1), 0, ops.maximum(width - self.size, 0) + 1,
+                                        seed=self.generator)
+        else:
+            half = self.size // 2
+            top = keras.random.randint((batch, 1, 1, 1), 0, height, seed=self.generator) - half
+            left = keras.random.randint((batch, 1, 1, 1), 0, width, seed=self.generator) - half
         rows = ops.reshape(ops.arange(height), (1, -1, 1, 1))
         cols = ops.reshape(ops.arange(width), (1, 1, -1, 1))
-        half = self.size // 2
-        inside = ((rows >= centre_y - half) & (rows < centre_y - half + self.size)
-                  & (cols >= centre_x - half) & (cols < centre_x - half + self.size))
+        inside = (rows >= top) & (rows < top + self.size) & (cols >= left) & (cols < left + self.size)
         return ops.where(inside, ops.zeros_like(images), images)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "size": self.size, "seed": self.seed}
+        return {**super().get_config(), "size": self.size, "seed": self.seed, "inside": self.inside}
 
 
 @keras.saving.register_keras_serializable(package="cifar_dvc")
@@ -154,7 +165,7 @@ def build_augmenter(params: AugmentParams, seed: int) -> keras.Sequential | None
     if params.flip and not params.alternate_flip:  # the alternating flip is the pipeline's (data.py)
         stack.append(keras.layers.RandomFlip("horizontal", seed=seed + 6))
     if params.cutout:
-        stack.append(Cutout(params.cutout, seed=seed + 7))
+        stack.append(Cutout(params.cutout, seed=seed + 7, inside=params.cutout_inside))
     if not stack:  # alternate_flip alone: nothing random left for a layer to do
         return None
     return keras.Sequential(stack, name="augment")

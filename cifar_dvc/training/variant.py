@@ -103,6 +103,7 @@ class AugmentParams:
     zoom_out: float = 0.0  # random zoom out, up to this fraction (0.3 = objects up to 30% smaller)
     channel_shift: float = 0.0  # offset in [-v, v] * 255, all channels (channel_shift_range)
     cutout: int = 0  # erase a random square of this side (pixels) to zero; 0 = off
+    cutout_inside: bool = False  # the square wholly inside the image (airbench96), not clipped at the border
     fill_mode: Literal["nearest", "reflect", "constant", "wrap"] = "nearest"  # fill after shift/zoom
 
     def validate(self) -> None:
@@ -111,6 +112,8 @@ class AugmentParams:
                 raise ValueError(f"augment.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.zoom_out < 0 or self.rotation < 0 or self.cutout < 0 or self.crop_padding < 0:
             raise ValueError("augment.zoom_out, rotation, cutout and crop_padding must be >= 0")
+        if self.cutout_inside and not self.cutout:
+            raise ValueError("augment.cutout_inside places the cutout square: it needs cutout > 0")
         if self.alternate_flip and not self.flip:
             raise ValueError("augment.alternate_flip changes how flip works: it needs flip: true")
 
