@@ -140,8 +140,8 @@ def test_cutout_inside_erases_a_whole_square_everywhere_in_the_image() -> None:
 def test_cutout_inside_needs_cutout() -> None:
     with pytest.raises(ValueError, match="cutout_inside"):
         AugmentParams(cutout_inside=True).validate()
-    assert isinstance(build_augmenter(AugmentParams(cutout=12, cutout_inside=True), 0).layers[-1], Cutout)
-    assert build_augmenter(AugmentParams(cutout=12, cutout_inside=True), 0).layers[-1].inside
+    last = build_augmenter(AugmentParams(cutout=12, cutout_inside=True), 0).layers[-1]
+    assert isinstance(last, Cutout) and last.inside
 
 
 def test_pad_crop_is_a_shifted_window() -> None:
