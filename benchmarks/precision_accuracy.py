@@ -20,6 +20,7 @@ models into ``--work`` (default a temporary folder).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import statistics
 import tempfile
@@ -83,9 +84,11 @@ def main() -> None:
         for run_seed in args.seeds:
             results = {}
             for policy in PRECISIONS:
-                train = TrainParams(max_epochs=args.epochs, precision=policy, verbose="epoch")
+                train = TrainParams(max_epochs=args.epochs, verbose="epoch")
                 model_path = work / policy / f"{name}-seed{run_seed}.keras"
-                result = train_variant(name, variant, train, run_seed, data, model_path,
+                # Set on the variant: a variant's own precision key would win over train.precision.
+                result = train_variant(name, dataclasses.replace(variant, precision=policy), train,
+                                       run_seed, data, model_path,
                                        work / policy / "live" / f"{name}-seed{run_seed}")
                 model, info = inference.load(model_path)
                 probs = inference.predict(model, info, test.x, 0, batch_size=256)  # no TTA: the plain network

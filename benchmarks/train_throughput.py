@@ -123,8 +123,8 @@ def main() -> None:
         n = min(len(split), (args.steps + 2 * spe) * bs)  # enough for warm-up + timed steps
 
         # The seeds' way: float64 arrays, one step per call.
-        seeds_run = loop.start_run(name, variant, TrainParams(steps_per_execution=1, jit_compile=False,
-                                                              precision="float32"), 0, n)
+        seeds_run = loop.start_run(name, dataclasses.replace(variant, precision="float32"),
+                                   TrainParams(steps_per_execution=1, jit_compile=False), 0, n)
         x64 = split.x[:n] / 255.0  # float64, like the seeds' `x_train / 255.`
         y64 = np.eye(meta.num_classes)[split.y[:n]]
         seeds_model = loop.build(seeds_run, meta.image_shape, meta.num_classes, stats)
@@ -194,8 +194,8 @@ def inputs(args: argparse.Namespace) -> tuple:
 def stage_model(name: str, variant: VariantParams, train: TrainParams, prepared: loop.TrainingData,
                 n: int, setting: str) -> tuple[loop.Run, keras.Model, tf.data.Dataset]:
     """The run, compiled model and training dataset of ``train@<name>`` on ``n`` images, built by the
-    stage's own steps under ``train.precision: setting``."""
-    run = loop.start_run(name, variant, dataclasses.replace(train, precision=setting), 0, n)
+    stage's own steps under precision ``setting`` (it overrides the variant's own ``precision`` too)."""
+    run = loop.start_run(name, dataclasses.replace(variant, precision=setting), train, 0, n)
     ds, _ = loop.train_dataset(run, prepared.train.x[:n], prepared.train_labels[:n], prepared.stats)
     model = loop.build(run, prepared.meta.image_shape, prepared.meta.num_classes, prepared.stats)
     return run, model, ds

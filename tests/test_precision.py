@@ -13,11 +13,12 @@ import pytest
 
 import cifar_dvc.models  # noqa: F401  (registers custom layers for load_model)
 from cifar_dvc import artifacts, config, models, tfenv
+from cifar_dvc.errors import ParamsError
 from cifar_dvc.modelinfo import load_info
 from cifar_dvc.normalization import STATS_FILE, load_stats
 from cifar_dvc.training import precision
 from cifar_dvc.training.data import make_dataset
-from cifar_dvc.training.loop import build_compiled_model, train_variant
+from cifar_dvc.training.loop import build_compiled_model, start_run, train_variant
 from cifar_dvc.training.variant import TrainParams, VariantParams
 
 AMX_XEON = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}
@@ -68,6 +69,18 @@ def _tiny(**overrides) -> VariantParams:
     return config.from_dict(VariantParams, entry, where="variants.tiny")
 
 
+def test_a_variants_own_precision_wins_over_train_precision() -> None:
+    """``variants.<name>.precision`` (MobileNet's float32 on AMX) overrides ``train.precision``;
+    null leaves it to ``train.precision``."""
+    bf16, f32 = TrainParams(precision="mixed_bfloat16"), TrainParams(precision="float32")
+    assert start_run("tiny", _tiny(), bf16, seed=0, train_images=16).precision == "mixed_bfloat16"
+    assert start_run("tiny", _tiny(precision="float32"), bf16, seed=0, train_images=16).precision == "float32"
+    assert start_run("tiny", _tiny(precision="mixed_float16"), f32, 0, 16).precision == "mixed_float16"
+    assert start_run("tiny", _tiny(precision="auto"), f32, 0, 16).precision == precision.resolve("auto")
+    with pytest.raises(ParamsError, match=r"variants\.tiny\.precision: expected auto \| float32"):
+        _tiny(precision="bfloat16")
+
+
 @pytest.mark.parametrize("name", precision.PRECISIONS)
 def test_every_precision_builds_and_trains_a_step(name: str, prepared_dir: Path) -> None:
     meta = artifacts.load_meta(prepared_dir)
@@ -109,8 +122,10 @@ def test_float32_copy_keeps_weights_and_drops_every_mixed_policy() -> None:
 def test_a_model_trained_in_bfloat16_is_saved_and_predicts_in_float32(tmp_path: Path,
                                                                       prepared_dir: Path) -> None:
     model_path = tmp_path / "models" / "tiny.keras"
-    train_variant("tiny", _tiny(model="fast", model_args={"width": 8}, batch_size=32),
-                  TrainParams(precision="mixed_bfloat16", verbose="silent"), 7, prepared_dir, model_path,
+    # bfloat16 from the variant's own key, over train.precision: the precision used is recorded
+    train_variant("tiny", _tiny(model="fast", model_args={"width": 8}, batch_size=32,
+                                precision="mixed_bfloat16"),
+                  TrainParams(precision="float32", verbose="silent"), 7, prepared_dir, model_path,
                   tmp_path / "dvclive")
     info = load_info(model_path)
     assert info.training["precision"] == "mixed_bfloat16" and info.training["cpu_seconds"] > 0

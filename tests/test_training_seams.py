@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from cifar_dvc import artifacts, config
+from cifar_dvc.modelinfo import load_info
 from cifar_dvc.training import loop, precision
 from cifar_dvc.training.variant import TrainParams, VariantParams
 
@@ -152,6 +153,18 @@ def test_train_throughput_benchmark_measures_the_stage_pipeline(tmp_path: Path, 
     assert all(float(c.replace(",", "").rstrip("x")) > 0 for c in cells[5:])
 
 
+def test_train_throughput_measures_the_precision_asked_not_the_variants(
+        prepared_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--precisions``: each column trains in its own precision, whatever the variant's key says."""
+    throughput = _benchmark("train_throughput", monkeypatch)
+    entry = {"model": "mlp", "model_args": {"hidden_units": 16}, "batch_size": 16, "precision": "float32"}
+    variant = config.from_dict(VariantParams, entry, where="variants.tiny")
+    run, model, _ = throughput.stage_model("tiny", variant, TrainParams(), loop.load_data(prepared_dir), 32,
+                                           "mixed_bfloat16")
+    assert run.precision == "mixed_bfloat16"
+    assert "bfloat16" in {layer.compute_dtype for layer in model.layers}
+
+
 def test_onednn_benchmark_switches_the_kernels_of_its_children(tmp_path: Path, prepared_dir: Path) -> None:
     """``onednn.py``: one child process per setting, each measuring the stage's training."""
     params = _params(tmp_path / "params.yaml", {"model": "cnn", "model_args": {"filters": 4},
@@ -176,8 +189,9 @@ def test_precision_accuracy_benchmark_pairs_the_precisions_per_seed(tmp_path: Pa
     mean, err = bench.paired_difference([(0.60, 0.62), (0.70, 0.70), (0.50, 0.49)])
     assert mean == pytest.approx(0.01 / 3) and err == pytest.approx(0.0152753 / 3 ** 0.5, rel=1e-5)
     assert bench.paired_difference([(0.5, 0.6)]) == (pytest.approx(0.1), None)
+    # The variant's own precision must not win over the one under test.
     params = _params(tmp_path / "params.yaml", {"model": "mlp", "model_args": {"hidden_units": 16},
-                                                "batch_size": 32})
+                                                "batch_size": 32, "precision": "float32"})
     out = tmp_path / "precision_accuracy.md"
     monkeypatch.setattr(bench, "OUT", out)
     monkeypatch.setattr(sys, "argv", ["precision_accuracy.py", "--data", str(prepared_dir), "--params",
@@ -190,3 +204,46 @@ def test_precision_accuracy_benchmark_pairs_the_precisions_per_seed(tmp_path: Pa
     assert "- tiny: bfloat16 - float32 over 2 seeds:" in report
     assert sorted(p.name for p in (tmp_path / "work" / "float32").glob("*.keras")) == [
         "tiny-seed4.keras", "tiny-seed5.keras"]
+    trained = load_info(tmp_path / "work" / "mixed_bfloat16" / "tiny-seed4.keras").training
+    assert trained["precision"] == "mixed_bfloat16"
+
+
+def _workspace(root: Path, epochs: int, seconds: float) -> Path:
+    """A reproduction workspace as `dvc repro evaluate@nb_elu` leaves it, with ``epochs`` run."""
+    from cifar_dvc import evalsets
+
+    (root / "models").mkdir(parents=True)
+    (root / "metrics").mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump({
+        "data": {"dataset": "cifar10", "url": "file:///data/cifar.tar.gz", "md5": "0" * 32},
+        "custom": {"dir": "data/custom"},
+        "variants": {"nb_elu": {"model": "notebook_cnn", "epochs": epochs}}}))
+    training = {"epochs_run": epochs, "seconds": seconds, "cpu_seconds": 1.5 * seconds,
+                "precision": "mixed_bfloat16"}
+    (root / "models" / "nb_elu.json").write_text(json.dumps({"training": training}))
+    (root / "metrics" / "nb_elu.json").write_text(json.dumps({evalsets.metric_key("test"): 0.7, "val": 0.71}))
+    live = root / "dvclive" / "nb_elu" / "plots" / "metrics" / "eval"
+    live.mkdir(parents=True)
+    rows = "".join(f"{i}\t0.{60 + i}\n" for i in range(epochs))
+    (live / "accuracy.tsv").write_text("step\taccuracy\n" + rows)
+    return root
+
+
+def test_reproduction_table_says_which_runs_were_cut_short_of_the_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workspace that cut ``epochs`` to fit a session gives "run / budget" (the repository's epochs)
+    and the measured time per epoch with the budget's extrapolation; a full run is not listed as cut."""
+    reproduction = _benchmark("reproduction", monkeypatch)
+    repo_params = tmp_path / "repo-params.yaml"
+    repo_params.write_text(yaml.safe_dump({"variants": {"nb_elu": {"model": "notebook_cnn", "epochs": 60}}}))
+    short = reproduction.collect(_workspace(tmp_path / "short", 2, 600.0), "nb_elu", repo_params)
+    assert short["budget"] == 60 and short["curve"]["val_accuracy"] == [0.6, 0.61]
+    report = reproduction.report([short])
+    row = next(line for line in report.splitlines() if line.startswith("| nb_elu |"))
+    assert "| 70.0% |" in row and "| 2 / 60 |" in row and "| -3.7 |" in row  # seed 002: 73.71%
+    assert ("- nb_elu: 2 of its 60 epochs (`variants.nb_elu.epochs: 2` in the workspace), 7.5 CPU-min "
+            "and 5.0 wall-min an epoch (mixed_bfloat16, ") in report
+    assert "the budget would take about 5.0 h of wall time there." in report
+    assert "| nb_elu | 73.7% | 70.0% (-) | 2 / 60 |" in reproduction.readme_table([short])
+    full = reproduction.collect(_workspace(tmp_path / "full", 60, 600.0 * 30), "nb_elu", repo_params)
+    assert "| 60 / 60 |" in reproduction.report([full]) and "Cut short" not in reproduction.report([full])

@@ -188,7 +188,7 @@ def start_run(name: str, variant: VariantParams, train: TrainParams, seed: int, 
     set_determinism(seed)
     return Run(name=name, variant=variant, train=train, seed=seed, epochs=train.epochs_for(variant),
                steps_per_epoch=math.ceil(train_images / variant.batch_size),
-               precision=precision.resolve(train.precision), strategy=select_strategy())
+               precision=precision.resolve(train.precision_for(variant)), strategy=select_strategy())
 
 
 def train_dataset(run: Run, x: np.ndarray, y_onehot: np.ndarray, stats: NormStats,

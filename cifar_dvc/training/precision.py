@@ -6,7 +6,8 @@ float32 model: ``float32_copy`` rebuilds it from its config with every dtype pol
 float32 and copies the weights, so evaluation, the web demo and a machine without bfloat16
 hardware predict in float32 and nothing of the training hardware is left in the file.
 
-``auto`` picks ``mixed_bfloat16`` only where it is known to be faster:
+``auto`` picks ``mixed_bfloat16`` by the hardware, where bfloat16 was measured faster for most
+variants:
 
 - on a CPU with AMX (``amx_bf16`` in ``/proc/cpuinfo``): measured 2.0x (``fast``) and 2.25x (the
   IMP network) the float32 speed on this project's 2-core Xeon;
@@ -15,6 +16,11 @@ hardware predict in float32 and nothing of the training hardware is left in the 
   on a 2-core AMD EPYC (``benchmarks/results/precision_throughput_avx512bf16.md``);
 - on a GPU with bfloat16 units (compute capability 8.0 and newer);
 - never on a CPU with neither: there bfloat16 is emulated and was measured 1.7-10x *slower*.
+
+It is not faster for every network on that hardware: on an AMX Xeon ``mnet1`` trained at 0.82x,
+``mlp`` at 0.92x and ``mnet2`` at 0.94x the float32 speed
+(``benchmarks/results/precision_throughput_amx.md``). Those variants set their own ``precision:
+float32`` in ``params.yaml``, which wins over ``train.precision`` (``TrainParams.precision_for``).
 
 Reads ``/proc/cpuinfo`` (Linux; elsewhere no flags are found and ``auto`` is float32) and the
 visible GPUs. Writes nothing. Used by ``cifar_dvc.training.loop`` (``train@<name>``).
@@ -25,13 +31,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:  # Keras is imported where a policy or a model is handled, so reading the CPU's
     import keras  # flags (benchmarks, `auto`) stays cheap
 
 
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+# The settings of train.precision and of a variant's own precision.
+Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 CPUINFO = Path("/proc/cpuinfo")
 # GPUs from Ampere (compute capability 8.0) on have bfloat16 tensor cores.
 BF16_MIN_COMPUTE_CAPABILITY = (8, 0)

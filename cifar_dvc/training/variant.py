@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from cifar_dvc import config
 from cifar_dvc.errors import ParamsError
+from cifar_dvc.training.precision import Precision
 
 # Metrics the fit loop logs every epoch (val_tta_accuracy only with `tta` 1 or 2).
 Metric = Literal["val_accuracy", "val_loss", "val_tta_accuracy", "accuracy", "loss"]
@@ -145,6 +146,9 @@ class VariantParams:
     # TTA level 2 predicts the validation set 6 times: each skipped epoch saves that time.
     val_tta_every: int = 1
     whiten_bias_epochs: int = 0  # epochs the whitening stem's bias trains, then frozen (airbench: 3); 0 = off
+    # This variant's train.precision; null = train.precision. For a network whose speed under
+    # bfloat16 was measured lower than in float32 on a CPU that `auto` gives bfloat16 to.
+    precision: Precision | None = None
 
     def validate(self) -> None:
         if not self.model:
@@ -187,8 +191,9 @@ class TrainParams:
     steps_per_execution: int = 16  # batches per compiled tf.function call (amortizes Python overhead)
     verbose: Literal["auto", "bar", "epoch", "silent"] = "auto"  # auto: bar on a terminal, else 1 line/epoch
     jit_compile: bool | None = None  # XLA compilation; null = Keras' own choice ("auto")
-    # auto = mixed_bfloat16 on AMX CPUs and bfloat16 GPUs, float32 elsewhere (training/precision.py)
-    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
+    # auto = mixed_bfloat16 on AMX CPUs and bfloat16 GPUs, float32 elsewhere (training/precision.py);
+    # a variant's own `precision` overrides it
+    precision: Precision = "auto"
 
     def validate(self) -> None:
         if self.max_epochs is not None and self.max_epochs < 1:
@@ -199,6 +204,10 @@ class TrainParams:
     def epochs_for(self, variant: VariantParams) -> int:
         """The variant's epochs, capped by ``max_epochs``."""
         return variant.epochs if self.max_epochs is None else min(variant.epochs, self.max_epochs)
+
+    def precision_for(self, variant: VariantParams) -> Precision:
+        """The variant's ``precision`` setting if it has one, else ``train.precision``."""
+        return variant.precision or self.precision
 
 
 def load_seed(params: dict[str, Any], file: str = str(config.PARAMS_FILE)) -> int:
