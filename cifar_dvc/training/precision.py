@@ -31,15 +31,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, get_args
+
+from cifar_dvc.training.variant import Precision
 
 if TYPE_CHECKING:  # Keras is imported where a policy or a model is handled, so reading the CPU's
     import keras  # flags (benchmarks, `auto`) stays cheap
 
 
-# The settings of train.precision and of a variant's own precision.
-Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
+PRECISIONS: tuple[str, ...] = get_args(Precision)  # the settings of train.precision
 CPUINFO = Path("/proc/cpuinfo")
 # GPUs from Ampere (compute capability 8.0) on have bfloat16 tensor cores.
 BF16_MIN_COMPUTE_CAPABILITY = (8, 0)

@@ -19,10 +19,11 @@ from typing import Any, Literal
 
 from cifar_dvc import config
 from cifar_dvc.errors import ParamsError
-from cifar_dvc.training.precision import Precision
 
 # Metrics the fit loop logs every epoch (val_tta_accuracy only with `tta` 1 or 2).
 Metric = Literal["val_accuracy", "val_loss", "val_tta_accuracy", "accuracy", "loss"]
+# train.precision and a variant's own precision (cifar_dvc/training/precision.py resolves `auto`).
+Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 
 
 @dataclasses.dataclass
