@@ -1,12 +1,13 @@
 """The steps of ``cifar_dvc.training.loop`` compose to what ``train_variant`` trains, and the
 benchmarks that call them (``fast_recipe``, ``train_throughput``, ``onednn``,
-``precision_accuracy``) run on the tiny synthetic set."""
+``precision_accuracy``, ``jpeg_sensitivity``) run on the tiny synthetic set."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -206,6 +207,37 @@ def test_precision_accuracy_benchmark_pairs_the_precisions_per_seed(tmp_path: Pa
         "tiny-seed4.keras", "tiny-seed5.keras"]
     trained = load_info(tmp_path / "work" / "mixed_bfloat16" / "tiny-seed4.keras").training
     assert trained["precision"] == "mixed_bfloat16"
+
+
+def test_jpeg_sensitivity_trains_the_same_recipe_on_a_reencoded_copy(tmp_path: Path, prepared_dir: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``jpeg_sensitivity.py``: every split re-encoded, error growing as quality falls, one run per copy."""
+    bench = _benchmark("jpeg_sensitivity", monkeypatch)
+    images = artifacts.load_split(prepared_dir / "train.npz").x[:20]
+    fine, coarse = bench.reencode(images, 95), bench.reencode(images, 10)
+    assert fine.dtype == np.uint8 and fine.shape == images.shape
+    assert 0 < bench.mean_abs_error(images, fine) < bench.mean_abs_error(images, coarse)
+    params = _params(tmp_path / "params.yaml", {"model": "mlp", "model_args": {"hidden_units": 16},
+                                                "batch_size": 32})
+    out = tmp_path / "jpeg_sensitivity.md"
+    monkeypatch.setattr(bench, "OUT", out)
+    monkeypatch.setattr(sys, "argv", ["jpeg_sensitivity.py", "--data", str(prepared_dir), "--params",
+                                      str(params), "--variant", "tiny", "--epochs", "2", "--quality", "20",
+                                      "--work", str(tmp_path / "work")])
+    bench.main()
+    copy = tmp_path / "work" / "prepared-q20"
+    for name in ("train", "val", "test"):
+        original, reencoded = (artifacts.load_split(d / f"{name}.npz") for d in (prepared_dir, copy))
+        assert np.array_equal(original.y, reencoded.y) and not np.array_equal(original.x, reencoded.x)
+        assert np.array_equal(original.extra["y_onehot"], reencoded.extra["y_onehot"])
+    assert (copy / "meta.json").read_bytes() == (prepared_dir / "meta.json").read_bytes()
+    rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith("| as is") or
+            line.startswith("| re-encoded at quality 20")]
+    assert rows[0][2].strip() == "0.0" and float(rows[1][2]) > 0
+    assert all(len(r[3].split(",")) == 2 for r in rows)  # two epochs of training accuracy each
+    assert re.search(r"- re-encoded at quality 20 \(\d+\.\d/255 more pixel error\), minus as is: training "
+                     r"accuracy [-+]\d+\.\d, [-+]\d+\.\d points per epoch, test [-+]\d+\.\d\d points\.",
+                     out.read_text())
 
 
 def _workspace(root: Path, epochs: int, seconds: float) -> Path:
