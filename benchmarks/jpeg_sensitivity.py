@@ -33,7 +33,7 @@ import runinfo  # noqa: E402
 from PIL import Image  # noqa: E402
 from reproduction import machine, machine_label, write_keeping_reading  # noqa: E402
 
-from cifar_dvc import artifacts, config  # noqa: E402
+from cifar_dvc import artifacts, config, inference  # noqa: E402
 from cifar_dvc.training.loop import train_variant  # noqa: E402
 from cifar_dvc.training.variant import TrainParams, load_seed, load_variant  # noqa: E402
 
@@ -109,8 +109,6 @@ def main() -> None:
 
 def _test_accuracy(model_path: Path, data: Path) -> float:
     """Plain (no TTA) accuracy of the saved model on ``data``'s own test split."""
-    from cifar_dvc import inference
-
     model, info = inference.load(model_path)
     test = artifacts.load_split(data / "test.npz")
     probs = inference.predict(model, info, test.x, 0, batch_size=256)
