@@ -109,10 +109,8 @@ def main() -> None:
 
 def _test_accuracy(model_path: Path, data: Path) -> float:
     """Plain (no TTA) accuracy of the saved model on ``data``'s own test split."""
-    model, info = inference.load(model_path)
     test = artifacts.load_split(data / "test.npz")
-    probs = inference.predict(model, info, test.x, 0, batch_size=256)
-    return float(np.mean(np.argmax(probs, axis=1) == test.y))
+    return inference.accuracy(*inference.load(model_path), test.x, test.y)
 
 
 def _per_epoch(values: list[float]) -> str:

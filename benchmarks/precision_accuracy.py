@@ -90,9 +90,8 @@ def main() -> None:
                 result = train_variant(name, dataclasses.replace(variant, precision=policy), train,
                                        run_seed, data, model_path,
                                        work / policy / "live" / f"{name}-seed{run_seed}")
-                model, info = inference.load(model_path)
-                probs = inference.predict(model, info, test.x, 0, batch_size=256)  # no TTA: the plain network
-                accuracy = float(np.mean(np.argmax(probs, axis=1) == test.y))
+                # no TTA: the plain network
+                accuracy = inference.accuracy(*inference.load(model_path), test.x, test.y)
                 results[policy] = (accuracy, result.summary)
                 print(f"{name} seed {run_seed} {policy}: test {accuracy:.4f}, "
                       f"{result.summary['seconds']:.0f} s", flush=True)

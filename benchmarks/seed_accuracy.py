@@ -83,9 +83,8 @@ def main() -> None:
         print(f"== {name}: {train.epochs_for(variant)} of {variant.epochs} epochs", flush=True)
         result = train_variant(name, variant, train, seed, args.data, args.work / "models" / f"{name}.keras",
                                live)
-        model, info = inference.load(args.work / "models" / f"{name}.keras")
-        probs = inference.predict(model, info, test.x, 0, batch_size=256)  # no TTA: the seeds had none
-        accuracy = float((probs.argmax(1) == test.y).mean())
+        # no TTA: the seeds had none
+        accuracy = inference.accuracy(*inference.load(args.work / "models" / f"{name}.keras"), test.x, test.y)
         s = result.summary
         rows.append((name, variant.epochs, s["epochs_run"], s["best_epoch"], s["best_value"], accuracy,
                      s["train_seconds"], s["images_per_second"]))

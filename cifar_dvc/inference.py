@@ -22,6 +22,8 @@ the test-time augmentation (TTA) levels exist once.
 - ``predict(model, info, images, tta)``: class probabilities of uint8 images, batched through
   ``tf.data`` (normalized and augmented on the fly, prefetched) and one compiled
   ``model.predict`` per view, the views' probabilities averaged with their weights.
+- ``accuracy(model, info, images, labels, tta)``: the share of ``predict``'s top classes that
+  are the labels (the evaluation's corruption suite, the benchmarks' test accuracies).
 - ``tta_function(model, stats, level)``: the same answer as one traced TensorFlow function of a
   uint8 batch, for callers that classify a few images at a time (the web demo).
 
@@ -169,6 +171,14 @@ def predict(model: Any, info: ModelInfo, images: np.ndarray, tta: int,
 
     probs = sum(w * model.predict(pipeline(i), verbose=0) for i, w in enumerate(weights))
     return np.asarray(probs, np.float32)
+
+
+def accuracy(model: Any, info: ModelInfo, images: np.ndarray, labels: np.ndarray, tta: int = 0,
+             batch_size: int = DEFAULT_BATCH_SIZE) -> float:
+    """Share of ``images`` whose most probable class under ``predict`` (at TTA ``tta``) is their
+    label in ``labels``; 0.0 for no images."""
+    probs = predict(model, info, images, tta, batch_size=batch_size)
+    return float((probs.argmax(axis=1) == np.asarray(labels)).mean()) if len(probs) else 0.0
 
 
 def tta_function(model: Any, stats: NormStats, level: int,

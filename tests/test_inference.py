@@ -89,6 +89,17 @@ def test_predict_is_evaluates_computation_bit_for_bit(saved: Path, level: int) -
         assert not np.allclose(probs, inference.predict(model, info, x, 0, batch_size=16), atol=1e-4)
 
 
+def test_accuracy_is_the_share_of_top_classes_equal_to_the_labels(saved: Path) -> None:
+    model, info = inference.load(saved)
+    x = _images(37)
+    top = reference_probs(model, x, STATS, 2, batch_size=16).argmax(axis=1)
+    labels = top.copy()
+    labels[:10] = (labels[:10] + 1) % len(CLASSES)  # 10 of 37 wrong
+    assert inference.accuracy(model, info, x, labels, tta=2, batch_size=16) == pytest.approx(27 / 37)
+    assert inference.accuracy(model, info, x, top, tta=2) == 1.0
+    assert inference.accuracy(model, info, x[:0], labels[:0]) == 0.0
+
+
 def test_tta_function_gives_predicts_answer(saved: Path) -> None:
     """The traced function of the web demo sums the same views with the same weights (in the graph)."""
     model, _ = inference.load(saved)

@@ -1,6 +1,6 @@
 """The steps of ``cifar_dvc.training.loop`` compose to what ``train_variant`` trains, and the
 benchmarks that call them (``fast_recipe``, ``train_throughput``, ``onednn``,
-``precision_accuracy``, ``jpeg_sensitivity``) run on the tiny synthetic set."""
+``precision_accuracy``, ``jpeg_sensitivity``, ``seed_accuracy``) run on the tiny synthetic set."""
 
 from __future__ import annotations
 
@@ -279,3 +279,26 @@ def test_reproduction_table_says_which_runs_were_cut_short_of_the_budget(
     assert "| nb_elu | 73.7% | 70.0% (-) | 2 / 60 |" in reproduction.readme_table([short])
     full = reproduction.collect(_workspace(tmp_path / "full", 60, 600.0 * 30), "nb_elu", repo_params)
     assert "| 60 / 60 |" in reproduction.report([full]) and "Cut short" not in reproduction.report([full])
+
+
+def test_seed_accuracy_benchmark_reports_the_saved_models_test_accuracy(
+        tmp_path: Path, prepared_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``seed_accuracy.py``: the capped run's row carries the saved model's plain test accuracy."""
+    bench = _benchmark("seed_accuracy", monkeypatch)
+    params = _params(tmp_path / "params.yaml", {"model": "mlp", "model_args": {"hidden_units": 16},
+                                                "epochs": 3, "batch_size": 32})
+    out, work = tmp_path / "seed_accuracy.md", tmp_path / "work"
+    monkeypatch.setattr(sys, "argv", ["seed_accuracy.py", "--data", str(prepared_dir), "--params",
+                                      str(params), "--variants", "tiny", "--cap", "tiny=1", "--work",
+                                      str(work), "--out", str(out)])
+    bench.main()
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| tiny |"))
+    planned, run, _, _, acc = (c.strip() for c in row.strip("|").split("|")[1:6])
+    # Independently of the benchmark: the saved model on the raw test images, normalized by its sidecar.
+    model = keras.saving.load_model(work / "models" / "tiny.keras", compile=False)
+    stats = load_info(work / "models" / "tiny.keras").normalization
+    test = artifacts.load_split(prepared_dir / "test.npz")
+    probs = model.predict(test.x.astype(np.float32) * stats.scale - stats.offset, verbose=0)
+    assert (planned, run) == ("3", "1")
+    assert float(acc.strip("*")) == pytest.approx(float((probs.argmax(1) == test.y).mean()), abs=5e-5)
+    assert (tmp_path / "seed_accuracy_curves.png").stat().st_size > 0

@@ -182,8 +182,7 @@ def evaluate_corruptions(model: Any, adapter: adapt.BatchNormAdapter | None, inf
     stats = info.normalization
 
     def accuracy(net: Any, images: np.ndarray) -> float:
-        probs = inference.predict(net, info, images, 0, batch_size=params.batch_size)
-        return float((probs.argmax(axis=1) == y).mean())
+        return inference.accuracy(net, info, images, y, batch_size=params.batch_size)
 
     rows = []
     cases = [(CLEAN, 0)] + [(name, s) for name in params.corruptions for s in corruptions.SEVERITIES]
