@@ -1,6 +1,7 @@
 """The steps of ``cifar_dvc.training.loop`` compose to what ``train_variant`` trains, and the
 benchmarks that call them (``fast_recipe``, ``train_throughput``, ``onednn``,
-``precision_accuracy``, ``jpeg_sensitivity``, ``seed_accuracy``) run on the tiny synthetic set."""
+``precision_accuracy``, ``jpeg_sensitivity``, ``seed_accuracy``, ``step_profile``) run on the tiny
+synthetic set."""
 
 from __future__ import annotations
 
@@ -302,3 +303,31 @@ def test_seed_accuracy_benchmark_reports_the_saved_models_test_accuracy(
     assert (planned, run) == ("3", "1")
     assert float(acc.strip("*")) == pytest.approx(float((probs.argmax(1) == test.y).mean()), abs=5e-5)
     assert (tmp_path / "seed_accuracy_curves.png").stat().st_size > 0
+
+
+def test_step_profile_sums_the_profilers_op_times_per_precision(tmp_path: Path, prepared_dir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``step_profile.py``: per precision, the op types of a real profile, their shares adding to 1."""
+    bench = _benchmark("step_profile", monkeypatch)
+    params = _params(tmp_path / "params.yaml", {"model": "mlp", "model_args": {"hidden_units": 16},
+                                                "batch_size": 32})
+    out = tmp_path / "step_profile.md"
+    monkeypatch.setattr(sys, "argv", ["step_profile.py", "--data", str(prepared_dir), "--params", str(params),
+                                      "--variant", "tiny", "--precisions", "float32", "mixed_bfloat16",
+                                      "--steps", "2", "--top", "3", "--work", str(tmp_path / "traces"),
+                                      "--out", str(out)])
+    bench.main()
+    for setting in ("float32", "mixed_bfloat16"):
+        ops = bench.op_self_times(next((tmp_path / "traces" / setting).rglob("*.xplane.pb")))
+        assert bench.IDLE not in ops and all(us >= 0 for us in ops.values())
+        assert any("MatMul" in kind for kind in ops)  # the Dense layers' own kernels
+        if setting == "mixed_bfloat16":
+            assert "Cast" in ops  # float32 weights cast to bfloat16 for the matmuls
+    report = out.read_text()
+    rows = [line.split("|") for line in report.splitlines() if line.startswith("| `")
+            or " other op types |" in line]
+    assert len(rows) == 4  # the top 3, then the rest in one row
+    for column in (3, 5):  # each precision's shares
+        assert sum(float(r[column].strip().rstrip("%")) for r in rows) == pytest.approx(100, abs=0.3)
+    busy = next(line for line in report.splitlines() if line.startswith("| cores busy |"))
+    assert all(0 < float(v) <= os.cpu_count() + 0.5 for v in busy.split("|")[2:4])

@@ -30,7 +30,8 @@ Why each choice (from airbench's ablations; measurements here in benchmarks/resu
 - Global max pooling instead of a fixed 3x3 pool keeps the model shape-agnostic (28x28x1 MNIST too).
 
 Input: normalized images of the data set's shape (N, H, W, C) float32. Output: class probabilities.
-Standard Keras layers, and ``ChannelBias`` (``whiten_bias``), registered when ``cifar_dvc.models`` is
+Standard Keras layers, ``ChannelBias`` (``whiten_bias``) and ``FusedBatchNormalization``
+(``fused_batchnorm``), registered when ``cifar_dvc.models`` is
 imported, so ``keras.models.load_model`` needs no custom objects after that import.
 Built by the registry in ``cifar_dvc/models``; trained by ``stages/train.py`` (``dvc repro train@fast``)
 and benchmarked by ``benchmarks/fast_recipe.py``.
@@ -43,6 +44,8 @@ from typing import Any
 import keras
 import numpy as np
 from keras import layers
+
+from cifar_dvc.models.layers import FusedBatchNormalization
 
 # airbench94's batch-norm momentum, already in Keras' convention (weight of the running value;
 # airbench passes 1 - 0.6 to PyTorch). Keras' default 0.99 lags far behind a net trained this fast.
@@ -84,19 +87,21 @@ def torch_conv_init() -> keras.initializers.Initializer:
     return keras.initializers.VarianceScaling(1 / 3, mode="fan_in", distribution="uniform")
 
 
-def _conv_bn_gelu(x: keras.KerasTensor, filters: int, name: str, pool: bool) -> keras.KerasTensor:
+def _conv_bn_gelu(x: keras.KerasTensor, filters: int, name: str, pool: bool, fused: bool,
+                  gelu_dtype: str | None) -> keras.KerasTensor:
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=torch_conv_init(),
                       name=f"{name}_conv")(x)
     if pool:
         x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale=False,
-                                  name=f"{name}_bn")(x)
-    return layers.Activation("gelu", name=f"{name}_gelu")(x)
+    norm = FusedBatchNormalization if fused else layers.BatchNormalization
+    x = norm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale=False, name=f"{name}_bn")(x)
+    return layers.Activation("gelu", dtype=gelu_dtype, name=f"{name}_gelu")(x)
 
 
 def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int = 64,
                stem: str = "whiten", stem_width: int | None = None, scaling: float = 1 / 9,
-               dirac: bool = True, whiten_bias: bool = False, residual: bool = False) -> keras.Model:
+               dirac: bool = True, whiten_bias: bool = False, residual: bool = False,
+               fused_batchnorm: bool = False, gelu_float32: bool = False) -> keras.Model:
     """The fast network: stem, three conv blocks of widths (width, 4*width, 4*width), linear head.
 
     ``width=64`` is airbench94's size (1.97M parameters for CIFAR-10); smaller widths trade
@@ -108,6 +113,11 @@ def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int =
     after ``whiten_bias_epochs`` (``cifar_dvc.training.callbacks.WhitenBiasFreeze``).
     ``residual`` gives each block a third conv and adds the block's first activation to its last
     (airbench96: 128-512-512 blocks with ``width=128``).
+
+    Two switches change the speed, not the function: ``fused_batchnorm`` trains the BatchNorm
+    layers through TensorFlow's fused kernel (``FusedBatchNormalization``); ``gelu_float32``
+    computes every GELU in float32 under a mixed-precision policy (its exact ``erfc`` form is
+    4x slower in bfloat16 than in float32 on a CPU); under float32 it changes nothing.
     """
     if stem not in ("whiten", "conv"):
         raise ValueError(f"stem must be 'whiten' or 'conv', got {stem!r}")
@@ -119,6 +129,7 @@ def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int =
     stem_width = 24 if stem_width is None else stem_width
     if width < 1 or stem_width < 1:
         raise ValueError(f"width and stem_width must be positive, got {width} and {stem_width}")
+    gelu_dtype = "float32" if gelu_float32 else None  # None: the global (mixed) policy
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     if stem == "whiten":
         filters = 2 * WHITEN_KERNEL * WHITEN_KERNEL * input_shape[-1]
@@ -128,14 +139,14 @@ def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int =
                           kernel_initializer=torch_conv_init(), name=WHITEN_LAYER)(inputs)
         if whiten_bias:
             x = ChannelBias(name=WHITEN_BIAS_LAYER)(x)
-        x = layers.Activation("gelu", name="whiten_gelu")(x)
+        x = layers.Activation("gelu", dtype=gelu_dtype, name="whiten_gelu")(x)
     else:
-        x = _conv_bn_gelu(inputs, stem_width, "stem", pool=False)
+        x = _conv_bn_gelu(inputs, stem_width, "stem", False, fused_batchnorm, gelu_dtype)
     for i, filters in enumerate((width, 4 * width, 4 * width), start=1):
-        x = shortcut = _conv_bn_gelu(x, filters, f"block{i}a", pool=True)
-        x = _conv_bn_gelu(x, filters, f"block{i}b", pool=False)
+        x = shortcut = _conv_bn_gelu(x, filters, f"block{i}a", True, fused_batchnorm, gelu_dtype)
+        x = _conv_bn_gelu(x, filters, f"block{i}b", False, fused_batchnorm, gelu_dtype)
         if residual:
-            x = _conv_bn_gelu(x, filters, f"block{i}c", pool=False)
+            x = _conv_bn_gelu(x, filters, f"block{i}c", False, fused_batchnorm, gelu_dtype)
             x = layers.Add(name=f"block{i}_add")([x, shortcut])
     x = layers.GlobalMaxPooling2D(name="pool")(x)
     x = layers.Dense(num_classes, use_bias=False, name="logits")(x)
