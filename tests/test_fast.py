@@ -158,9 +158,10 @@ def test_a_few_training_steps_reduce_the_loss() -> None:
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_keras_file_round_trip_gives_identical_predictions(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fused", [False, True])
+def test_keras_file_round_trip_gives_identical_predictions(tmp_path: Path, fused: bool) -> None:
     keras.utils.set_random_seed(5)
-    model = build_fast((28, 28, 1), 10, width=8, scaling=0.25)
+    model = build_fast((28, 28, 1), 10, width=8, scaling=0.25, fused_batchnorm=fused)
     init_whitening(model, _images(20, (28, 28, 1), seed=3))
     x = _images(6, (28, 28, 1), seed=2)
     # one training step so that weights and BN statistics are not at their initial values
@@ -170,6 +171,7 @@ def test_keras_file_round_trip_gives_identical_predictions(tmp_path: Path) -> No
     model.save(path)
     loaded = keras.models.load_model(path)
     assert loaded.count_params() == model.count_params()
+    assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
     np.testing.assert_array_equal(np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False)))
 
 
@@ -187,3 +189,67 @@ def test_fast_weights_depend_only_on_the_seed() -> None:
     kernels = [w.numpy() for w in model.weights if w.path.endswith("conv/kernel")]
     same_shape = [(a, b) for i, a in enumerate(kernels) for b in kernels[i + 1:] if a.shape == b.shape]
     assert same_shape and not any(np.array_equal(a, b) for a, b in same_shape)
+
+
+def _op_types(model: keras.Model, x: np.ndarray) -> set[str]:
+    """The op types of one traced training-mode forward pass of ``model``."""
+    import tensorflow as tf
+
+    graph = tf.function(lambda images: model(images, training=True)).get_concrete_function(
+        tf.TensorSpec(x.shape, tf.float32)).graph
+    return {op.type for op in graph.get_operations()}
+
+
+def test_fused_batchnorm_trains_as_keras_batchnorm_does() -> None:
+    """Same weights, same batch: one SGD step gives the same outputs, gradients, weights and moving
+    statistics with TensorFlow's fused kernel as with Keras' layer (float32, round-off apart)."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(2)
+    plain = build_fast((16, 16, 3), 10, width=8)
+    fused = build_fast((16, 16, 3), 10, width=8, fused_batchnorm=True)
+    fused.set_weights(plain.get_weights())
+    x = _images(24, (16, 16, 3), seed=4)
+    assert "FusedBatchNormV3" in _op_types(fused, x) and "FusedBatchNormV3" not in _op_types(plain, x)
+    y = keras.utils.to_categorical(np.arange(24) % 10, 10)
+    results = []
+    for model in (plain, fused):
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            loss = keras.losses.categorical_crossentropy(y, out)
+        grads = tape.gradient(loss, model.trainable_variables)
+        keras.optimizers.SGD(0.1).apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        results.append((out.numpy(), [g.numpy() for g in grads], [w.numpy() for w in model.weights]))
+    (out_a, grads_a, weights_a), (out_b, grads_b, weights_b) = results
+    np.testing.assert_allclose(out_a, out_b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(grads_a + weights_a, grads_b + weights_b, strict=True):  # round-off of the array's scale
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max() + 1e-7
+    moving = [w.numpy() for w in fused.weights if "moving" in w.path]
+    assert moving and not all(np.all(m == 0) or np.all(m == 1) for m in moving)  # the step updated them
+    # inference is Keras' own code with the moving statistics
+    np.testing.assert_allclose(plain(x, training=False).numpy(), fused(x, training=False).numpy(), rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_gelu_float32_computes_every_gelu_in_float32_and_trains_in_bfloat16() -> None:
+    from cifar_dvc.training import precision
+
+    with precision.policy("mixed_bfloat16"):
+        keras.utils.set_random_seed(3)
+        model = build_fast((32, 32, 3), 10, width=8, fused_batchnorm=True, gelu_float32=True)
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.2))
+        x = _images(32, (32, 32, 3), seed=1)
+        assert "FusedBatchNormV3" in _op_types(model, x)
+        y = keras.utils.to_categorical(np.arange(32) % 10, 10)
+        losses = [float(model.train_on_batch(x, y)) for _ in range(12)]
+    gelus = [layer for layer in model.layers if layer.name.endswith("gelu")]
+    assert len(gelus) == 7 and {layer.compute_dtype for layer in gelus} == {"float32"}
+    assert {layer.compute_dtype for layer in model.layers if layer.name.endswith("_conv")} == {"bfloat16"}
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0], losses
+    # Under float32 the switch changes nothing: the same weights give the same answer.
+    keras.utils.set_random_seed(3)
+    plain = build_fast((32, 32, 3), 10, width=8)
+    keras.utils.set_random_seed(3)
+    switched = build_fast((32, 32, 3), 10, width=8, gelu_float32=True)
+    np.testing.assert_array_equal(plain(x, training=False).numpy(), switched(x, training=False).numpy())
