@@ -39,6 +39,7 @@ and benchmarked by ``benchmarks/fast_recipe.py``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import keras
@@ -87,7 +88,7 @@ def torch_conv_init() -> keras.initializers.Initializer:
     return keras.initializers.VarianceScaling(1 / 3, mode="fan_in", distribution="uniform")
 
 
-def _conv_bn_gelu(x: keras.KerasTensor, filters: int, name: str, pool: bool, fused: bool,
+def _conv_bn_gelu(x: keras.KerasTensor, filters: int, name: str, pool: bool, *, fused: bool,
                   gelu_dtype: str | None) -> keras.KerasTensor:
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=torch_conv_init(),
                       name=f"{name}_conv")(x)
@@ -130,6 +131,7 @@ def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int =
     if width < 1 or stem_width < 1:
         raise ValueError(f"width and stem_width must be positive, got {width} and {stem_width}")
     gelu_dtype = "float32" if gelu_float32 else None  # None: the global (mixed) policy
+    conv_bn_gelu = functools.partial(_conv_bn_gelu, fused=fused_batchnorm, gelu_dtype=gelu_dtype)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     if stem == "whiten":
         filters = 2 * WHITEN_KERNEL * WHITEN_KERNEL * input_shape[-1]
@@ -141,12 +143,12 @@ def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int =
             x = ChannelBias(name=WHITEN_BIAS_LAYER)(x)
         x = layers.Activation("gelu", dtype=gelu_dtype, name="whiten_gelu")(x)
     else:
-        x = _conv_bn_gelu(inputs, stem_width, "stem", False, fused_batchnorm, gelu_dtype)
+        x = conv_bn_gelu(inputs, stem_width, "stem", pool=False)
     for i, filters in enumerate((width, 4 * width, 4 * width), start=1):
-        x = shortcut = _conv_bn_gelu(x, filters, f"block{i}a", True, fused_batchnorm, gelu_dtype)
-        x = _conv_bn_gelu(x, filters, f"block{i}b", False, fused_batchnorm, gelu_dtype)
+        x = shortcut = conv_bn_gelu(x, filters, f"block{i}a", pool=True)
+        x = conv_bn_gelu(x, filters, f"block{i}b", pool=False)
         if residual:
-            x = _conv_bn_gelu(x, filters, f"block{i}c", False, fused_batchnorm, gelu_dtype)
+            x = conv_bn_gelu(x, filters, f"block{i}c", pool=False)
             x = layers.Add(name=f"block{i}_add")([x, shortcut])
     x = layers.GlobalMaxPooling2D(name="pool")(x)
     x = layers.Dense(num_classes, use_bias=False, name="logits")(x)
