@@ -40,7 +40,7 @@ import runinfo  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from reproduction import machine, write_keeping_reading  # noqa: E402
 from tensorflow.python.profiler.internal import _pywrap_profiler_plugin  # noqa: E402
-from train_throughput import images_per_second, inputs, traced_models  # noqa: E402
+from train_throughput import bf16_flags, images_per_second, inputs, traced_models  # noqa: E402
 
 from cifar_dvc.training import precision  # noqa: E402
 
@@ -124,8 +124,7 @@ def _write(args: argparse.Namespace, batch_size: int, results: dict, load_before
         "",
         f"- Date: {started:%Y-%m-%d %H:%M} UTC; CPU: {machine()['cpu']}, {os.cpu_count()} cores; "
         f"TensorFlow {tf.__version__}.",
-        f"- CPU flags seen: {', '.join(sorted(f for f in flags if 'bf16' in f or 'amx' in f)) or 'none'} of "
-        f"bf16/AMX.",
+        f"- CPU flags seen: {bf16_flags(flags)} of bf16/AMX.",
         f"- Load average before: {load_before}; after: {runinfo.load()}.",
         f"- Command: `{runinfo.command()}`",
         f"- Batch {batch_size}, the stage's own input pipeline. Per precision: {args.steps} steps timed "

@@ -253,8 +253,8 @@ def _precision_report(args: argparse.Namespace, rows: list, flags: set[str], pol
         "",
         f"- Date: {started:%Y-%m-%d %H:%M} UTC; CPU: {cpu}, {os.cpu_count()} cores; TensorFlow "
         f"{_tf_version()}, Keras {keras.__version__}.",
-        f"- CPU flags seen: {', '.join(sorted(f for f in flags if 'bf16' in f or 'amx' in f)) or 'none'}"
-        f" of bf16/AMX (avx512f: {'yes' if 'avx512f' in flags else 'no'}); `auto` resolved to "
+        f"- CPU flags seen: {bf16_flags(flags)} of bf16/AMX (avx512f: "
+        f"{'yes' if 'avx512f' in flags else 'no'}); `auto` resolved to "
         f"`{policies.get('auto', precision.resolve('auto'))}`.",
         f"- Load average before: {load_before}; after: {runinfo.load()} (ratios within a "
         "row are measured back to back).",
@@ -273,6 +273,11 @@ def _precision_report(args: argparse.Namespace, rows: list, flags: set[str], pol
                      + " | ".join(f"{v / speeds[0]:.2f}x" for v in speeds[1:]) + " |")
     write_keeping_reading(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
+
+
+def bf16_flags(flags: set[str]) -> str:
+    """The bfloat16 and AMX flags among a CPU's ``flags`` (what ``auto`` decides by), or 'none'."""
+    return ", ".join(sorted(f for f in flags if "bf16" in f or "amx" in f)) or "none"
 
 
 def _tf_version() -> str:
