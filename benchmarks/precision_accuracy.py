@@ -13,7 +13,8 @@ shares it) and reports the mean paired difference with its standard error.
     nice -n 5 python benchmarks/precision_accuracy.py --data /work/repro/data/prepared \
         --variants cnn imp1 --epochs 10 [--train-subset imp1=10000] [--seeds 7 8 9]
 
-Reads params.yaml and the prepared data. Writes benchmarks/results/precision_accuracy.md and
+Reads params.yaml and the prepared data. Writes ``--out`` (default
+benchmarks/results/precision_accuracy.md; one report per machine keeps the pairs comparable) and
 models into ``--work`` (default a temporary folder).
 """
 
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help="one float32/bfloat16 pair per seed (default: params.yaml's seed)")
     parser.add_argument("--work", type=Path, default=None, help="models go here (default: a temp folder)")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help="the report (default: results/precision_accuracy.md); its Reading is kept")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="precision-accuracy-"))
     params = config.read_params(args.params)
@@ -140,8 +143,8 @@ def _write(rows: list, args: argparse.Namespace, started: dt.datetime) -> None:
                            f"{100 * statistics.fmean(b for _, b in pairs):.2f}%)")
     if summary:
         lines += ["", "Paired over seeds:", "", *summary]
-    write_keeping_reading(OUT, "\n".join(lines) + "\n")
-    print(f"wrote {OUT}")
+    write_keeping_reading(args.out, "\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

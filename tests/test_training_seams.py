@@ -194,13 +194,14 @@ def test_precision_accuracy_benchmark_pairs_the_precisions_per_seed(tmp_path: Pa
     # The variant's own precision must not win over the one under test.
     params = _params(tmp_path / "params.yaml", {"model": "mlp", "model_args": {"hidden_units": 16},
                                                 "batch_size": 32, "precision": "float32"})
-    out = tmp_path / "precision_accuracy.md"
-    monkeypatch.setattr(bench, "OUT", out)
+    out = tmp_path / "precision_accuracy_here.md"
+    monkeypatch.setattr(bench, "OUT", tmp_path / "default.md")  # --out wins over the default
     monkeypatch.setattr(sys, "argv", ["precision_accuracy.py", "--data", str(prepared_dir), "--params",
                                       str(params), "--variants", "tiny", "--epochs", "1", "--seeds", "4", "5",
-                                      "--work", str(tmp_path / "work")])
+                                      "--work", str(tmp_path / "work"), "--out", str(out)])
     bench.main()
     report = out.read_text()
+    assert not (tmp_path / "default.md").exists()
     rows = [line for line in report.splitlines() if line.startswith("| tiny |")]
     assert [r.split("|")[2].strip() for r in rows] == ["4", "5"]
     assert "- tiny: bfloat16 - float32 over 2 seeds:" in report
