@@ -62,7 +62,6 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("94", "95", "96")
 # the flags that decide CPU training speed (AMX / AVX-512 bf16 for bfloat16, AVX2/FMA for float32)
-FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 # --smoke: enough steps for one lookahead update (every 5) and the final copy, in under an epoch
 SMOKE = {"train_images": 512, "test_images": 256, "batch_size": 64, "epochs": 0.75}
 
@@ -142,15 +141,8 @@ def write_cache(data: Path, split: str, workdir: Path, smoke: bool) -> dict[str,
 
 def cpu_info() -> dict[str, Any]:
     """CPU model, the speed-relevant flags it has, cores, torch threads."""
-    model, flags = platform.processor() or "unknown", set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown", platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    return {"cpu": model, "flags": [f for f in FLAGS if f in flags], "cores": os.cpu_count(),
+    model, flags = runinfo.cpu()
+    return {"cpu": model, "flags": flags, "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "host": platform.node(),
             "python": platform.python_version(), "torch": torch.__version__}
 
@@ -188,14 +180,6 @@ def run_once(recipe: str, smoke: bool) -> dict[str, Any]:
             "eval_minutes": round((time.perf_counter() - eval_start) / 60, 3),
             "torch_seed": torch.initial_seed(), "load_start": load_start, "load_end": runinfo.load(),
             "date": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"}
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -254,8 +238,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(result), flush=True)
                 record["runs"].append(result)
                 # written as it goes: a kill keeps the runs done
-                write_atomic(out, json.dumps(record, indent=2) + "\n")
-                write_atomic(out.with_suffix(".md"), markdown(record))
+                runinfo.write_atomic(out, json.dumps(record, indent=2) + "\n")
+                runinfo.write_atomic(out.with_suffix(".md"), markdown(record))
         finally:
             os.chdir(here)
     print(f"# wrote {out} and {out.with_suffix('.md')}", flush=True)

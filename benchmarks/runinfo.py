@@ -1,4 +1,5 @@
-"""How a benchmark ran, as its results file records it: the command line and the load average.
+"""How a benchmark ran, as its results file records it: the command line, the load average and the
+CPU; and the atomic write of that file.
 
 The command is rebuilt from the running process, so a record says ``nice -n 10`` only when the run
 really was niced (``os.nice(0)``), and says the interpreter and arguments it really had; the load
@@ -6,14 +7,16 @@ average is what the machine did around the run, in place of fixed text such as "
 
 Standard library only: the peer's venv (``benchmarks/peer_airbench.py``) imports it too. Imported
 by the scripts in ``benchmarks/`` (``import runinfo``: a script's own folder is on ``sys.path``).
-Reads and writes nothing.
+Reads ``/proc/cpuinfo``; writes only what a caller gives ``write_atomic``.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -33,3 +36,29 @@ def command(argv: list[str] | None = None) -> str:
 def load() -> str:
     """The 1, 5 and 15-minute load averages, as ``1.52 / 1.10 / 0.98``."""
     return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+# The CPU flags that decide a training's speed here: AVX-512, and bfloat16 in AVX-512 or AMX
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
+
+
+def cpu() -> tuple[str, list[str]]:
+    """The CPU's model name and which of ``SPEED_FLAGS`` it has (Linux ``/proc/cpuinfo``)."""
+    model, flags = platform.processor() or "unknown", set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    return model, [f for f in SPEED_FLAGS if f in flags]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
