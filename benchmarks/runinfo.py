@@ -56,9 +56,13 @@ def cpu() -> tuple[str, list[str]]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, renamed over it."""
+    """Write ``text`` to ``path`` through a temporary file in the same folder, renamed over it, with
+    the mode a plain ``open`` would give (mkstemp's own is 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+        os.fchmod(handle.fileno(), 0o666 & ~umask)
     os.replace(tmp, path)

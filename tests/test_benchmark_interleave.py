@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shlex
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +67,10 @@ def test_commands_take_turns_and_each_gets_its_own_time(tmp_path: Path) -> None:
     assert runs["a"]["slices"] >= 3 and runs["b"]["slices"] >= 2
     assert runs["a"]["cpu_seconds"] is not None and runs["a"]["active_ratio_to_first"] == 1.0
     assert record["machine"]["cores"] and record["slice_seconds"] == 0.3
+    # Written as a plain open() would (runinfo.write_atomic), not with mkstemp's 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "record.json").stat().st_mode) == 0o666 & ~umask
 
 
 def test_a_failing_command_makes_the_harness_fail_after_the_others_finish(tmp_path: Path) -> None:
