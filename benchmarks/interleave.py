@@ -157,6 +157,10 @@ def report(commands: list[Command], slice_seconds: float, began: str, wall: floa
     }
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", nargs=2, action="append", metavar=("NAME", "SHELL_COMMAND"), required=True,
@@ -175,10 +179,17 @@ def main(argv: list[str] | None = None) -> int:
 
     began, t0 = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), time.perf_counter()
     commands: list[Command] = []
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # a stopped command must not outlive us
+        signal.signal(sig, _exit_on_signal)
     try:
         for name, shell in args.run:
             commands.append(start(name, shell, args.logs / f"{name}.log"))
         interleave(commands, args.slice)
+    except SystemExit as stop:  # a signal
+        stop_all(commands)
+        print(f"interleave: ended by signal {int(stop.code) - 128}; the commands were ended too",
+              file=sys.stderr)
+        return int(stop.code)
     except BaseException:
         stop_all(commands)
         raise

@@ -7,9 +7,11 @@ import itertools
 import json
 import os
 import shlex
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,3 +90,35 @@ def test_one_command_or_repeated_names_are_refused(tmp_path: Path) -> None:
     same = _interleave(tmp_path, ("a", "true"), ("a", "true"))
     assert same.returncode == 2 and "distinct names" in same.stderr
     assert not (tmp_path / "record.json").exists()
+
+
+def test_a_signalled_harness_ends_its_commands_instead_of_leaving_them_stopped(tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        runs += ["--run", name, f"echo $$ > {tmp_path / name}.pid; exec sleep 60"]
+    args = [sys.executable, str(SCRIPT), "--slice", "0.3", "--logs", str(tmp_path / "logs"),
+            "--out", str(tmp_path / "record.json"), *runs]
+    harness = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not all((tmp_path / f"{n}.pid").exists() and (tmp_path / f"{n}.pid").read_text().strip()
+                  for n in ("a", "b")):
+        assert time.monotonic() < deadline and harness.poll() is None
+        time.sleep(0.05)
+    pids = [int((tmp_path / f"{n}.pid").read_text()) for n in ("a", "b")]
+    harness.send_signal(signal.SIGTERM)
+    _, err = harness.communicate(timeout=30)
+    assert harness.returncode == 128 + signal.SIGTERM
+    assert "ended by signal 15; the commands were ended too" in err and "Traceback" not in err
+    assert not (tmp_path / "record.json").exists()
+    for pid in pids:  # both sleeps (one stopped at the signal) are gone, not stopped forever
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and _state(pid) != "Z":
+            time.sleep(0.05)
+        assert not Path(f"/proc/{pid}").exists() or _state(pid) == "Z"
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return stat[stat.rindex(")") + 2:].split()[0]
