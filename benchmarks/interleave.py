@@ -13,6 +13,8 @@ Every command runs in its own session (``setsid``); a slice starts and stops eve
 that session, so the stage processes ``dvc repro`` spawns stop with it. CPU seconds (user +
 system, all threads and waited-for children) come from each command's ``wait4`` rusage.
 Timers inside the commands count the stopped time too: only this harness's figures are valid.
+Ended by SIGTERM, SIGHUP or SIGINT, the harness ends the commands too (none is left stopped)
+and exits 128 + the signal's number without a record.
 
 Run by hand, e.g. `fast` through DVC against the PyTorch airbench94 on the same data:
 
