@@ -23,7 +23,8 @@ Run by hand, e.g. `fast` through DVC against the PyTorch airbench94 on the same 
         --run airbench94 '.venv-peer/bin/python benchmarks/peer_airbench.py --recipe 94 --split train \\
             --data ../repro/data/prepared --out /tmp/peer94.json'
 
-Reads nothing. Writes ``--out`` (JSON, atomically; the commands' output goes to ``--logs``).
+Reads ``/proc`` (each session's processes, the CPU). Writes ``--out`` (JSON, atomically; the
+commands' output goes to ``--logs``).
 Standard library only, with its sibling ``runinfo``: it imports nothing of the project or of
 TensorFlow, so its own CPU use stays out of the slices.
 """
