@@ -127,7 +127,10 @@ def _budget(record: dict[str, Any]) -> int:
 
 
 def _epochs(record: dict[str, Any]) -> str:
-    return f"{record['training']['epochs_run']} / {_budget(record)}"
+    run = record["training"]["epochs_run"]
+    # Fewer epochs than the run was given: early stopping ended it (a cut lowers the given epochs)
+    stopped = " (early stop)" if run < record["variant_params"]["epochs"] else ""
+    return f"{run} / {_budget(record)}{stopped}"
 
 
 def cut_short(record: dict[str, Any]) -> bool:
@@ -216,7 +219,8 @@ def report(records: list[dict[str, Any]]) -> str:
         "",
         "Seed = the seed's own figure and the split it was measured on (seeds 000-003 validated on the "
         "test set). Gap = our test accuracy minus the seed's figure, in points. Epochs = run / budget "
-        "(the seed's). CPU min = CPU time of the training process (all threads); wall min = training wall "
+        "(the seed's); \"early stop\": the variant's early stopping ended the run at its budget. "
+        "CPU min = CPU time of the training process (all threads); wall min = training wall "
         "time (other jobs shared the 2 cores: compare CPU minutes).",
         "",
         "| variant | seed | validation | test | custom | custom filtered | gap | epochs | precision "

@@ -242,8 +242,9 @@ def test_jpeg_sensitivity_trains_the_same_recipe_on_a_reencoded_copy(tmp_path: P
                      out.read_text())
 
 
-def _workspace(root: Path, epochs: int, seconds: float) -> Path:
-    """A reproduction workspace as `dvc repro evaluate@nb_elu` leaves it, with ``epochs`` run."""
+def _workspace(root: Path, epochs: int, seconds: float, run: int | None = None) -> Path:
+    """A reproduction workspace as `dvc repro evaluate@nb_elu` leaves it, with ``epochs`` given and
+    ``run`` (default: all of them) run."""
     from cifar_dvc import evalsets
 
     (root / "models").mkdir(parents=True)
@@ -252,13 +253,14 @@ def _workspace(root: Path, epochs: int, seconds: float) -> Path:
         "data": {"dataset": "cifar10", "url": "file:///data/cifar.tar.gz", "md5": "0" * 32},
         "custom": {"dir": "data/custom"},
         "variants": {"nb_elu": {"model": "notebook_cnn", "epochs": epochs}}}))
-    training = {"epochs_run": epochs, "seconds": seconds, "cpu_seconds": 1.5 * seconds,
+    run = epochs if run is None else run
+    training = {"epochs_run": run, "seconds": seconds, "cpu_seconds": 1.5 * seconds,
                 "precision": "mixed_bfloat16"}
     (root / "models" / "nb_elu.json").write_text(json.dumps({"training": training}))
     (root / "metrics" / "nb_elu.json").write_text(json.dumps({evalsets.metric_key("test"): 0.7, "val": 0.71}))
     live = root / "dvclive" / "nb_elu" / "plots" / "metrics" / "eval"
     live.mkdir(parents=True)
-    rows = "".join(f"{i}\t0.{60 + i}\n" for i in range(epochs))
+    rows = "".join(f"{i}\t0.{60 + i}\n" for i in range(run))
     (live / "accuracy.tsv").write_text("step\taccuracy\n" + rows)
     return root
 
@@ -281,6 +283,12 @@ def test_reproduction_table_says_which_runs_were_cut_short_of_the_budget(
     assert "| nb_elu | 73.7% | 70.0% (-) | 2 / 60 |" in reproduction.readme_table([short])
     full = reproduction.collect(_workspace(tmp_path / "full", 60, 600.0 * 30), "nb_elu", repo_params)
     assert "| 60 / 60 |" in reproduction.report([full]) and "Cut short" not in reproduction.report([full])
+    # Early stopping ended it after 46 of the 60 it was given: at its budget, not cut, and said so
+    early = reproduction.collect(_workspace(tmp_path / "early", 60, 600.0 * 23, run=46), "nb_elu",
+                                 repo_params)
+    early_report = reproduction.report([early])
+    assert "| 46 / 60 (early stop) |" in early_report and "Cut short" not in early_report
+    assert "| 2 / 60 |" in reproduction.report([short])  # a cut is not an early stop
 
 
 def test_seed_accuracy_benchmark_reports_the_saved_models_test_accuracy(
