@@ -61,7 +61,6 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("94", "95", "96")
-# the flags that decide CPU training speed (AMX / AVX-512 bf16 for bfloat16, AVX2/FMA for float32)
 # --smoke: enough steps for one lookahead update (every 5) and the final copy, in under an epoch
 SMOKE = {"train_images": 512, "test_images": 256, "batch_size": 64, "epochs": 0.75}
 
