@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -253,3 +254,73 @@ def test_gelu_float32_computes_every_gelu_in_float32_and_trains_in_bfloat16() ->
     keras.utils.set_random_seed(3)
     switched = build_fast((32, 32, 3), 10, width=8, gelu_float32=True)
     np.testing.assert_array_equal(plain(x, training=False).numpy(), switched(x, training=False).numpy())
+
+
+def test_fused_gelu_is_keras_exact_gelu_forward_and_backward() -> None:
+    """Keras' exact GELU and its autodiff gradient, within float32 round-off; bfloat16 in and out,
+    computed in float32 inside: within bfloat16's rounding of the float32 answer."""
+    import tensorflow as tf
+
+    from cifar_dvc.models.layers import FusedGELU
+
+    x = tf.constant(np.linspace(-8, 8, 4001, dtype=np.float32).reshape(1, 1, -1, 1))
+    fused = FusedGELU()
+
+    def call(fn: Any, v: tf.Tensor) -> tf.Tensor:
+        return fn(v)
+
+    for run in (call, tf.function(call)):  # eager and traced
+        outputs, grads = [], []
+        for fn in (fused, lambda v: keras.activations.gelu(v, approximate=False)):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = run(fn, x)
+                loss = tf.reduce_sum(y * tf.cos(x))  # an upstream gradient that varies
+            outputs.append(y.numpy())
+            grads.append(tape.gradient(loss, x).numpy())
+        np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+    half = tf.cast(x, tf.bfloat16)
+    with tf.GradientTape() as tape:
+        tape.watch(half)
+        y = FusedGELU(dtype="bfloat16")(half)
+    grad = tape.gradient(y, half)
+    assert y.dtype == tf.bfloat16 and grad.dtype == tf.bfloat16
+    exact = keras.activations.gelu(tf.cast(half, tf.float32), approximate=False).numpy()
+    np.testing.assert_allclose(tf.cast(y, tf.float32).numpy(), exact, rtol=2 ** -7, atol=1e-6)
+
+
+def test_gelu_fused_trains_in_bfloat16_saves_and_predicts_as_keras_gelu(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from cifar_dvc.training import precision
+
+    with pytest.raises(ValueError, match="gelu_fused computes in float32 already"):
+        build_fast((32, 32, 3), 10, width=8, gelu_fused=True, gelu_float32=True)
+    x = _images(32, (32, 32, 3), seed=1)
+    with precision.policy("mixed_bfloat16"):
+        keras.utils.set_random_seed(3)
+        model = build_fast((32, 32, 3), 10, width=8, fused_batchnorm=True, gelu_fused=True)
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.2))
+        y = keras.utils.to_categorical(np.arange(32) % 10, 10)
+        losses = [float(model.train_on_batch(x, y)) for _ in range(12)]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0], losses
+    gelus = [layer for layer in model.layers if layer.name.endswith("gelu")]
+    assert len(gelus) == 7 and {type(layer).__name__ for layer in gelus} == {"FusedGELU"}
+    # the traced step calls XLA-compiled functions (the activation's forward pass here)
+    graph = tf.function(lambda v: model(v, training=True)).get_concrete_function(
+        tf.TensorSpec(x.shape, tf.float32)).graph
+    assert any(op.get_attr("_XlaMustCompile") for op in graph.get_operations()
+               if "_XlaMustCompile" in op.node_def.attr)
+    path = tmp_path / "fused.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    # Under float32 the switch changes the kernels, not the function: same weights, same answer.
+    keras.utils.set_random_seed(3)
+    plain = build_fast((32, 32, 3), 10, width=8)
+    keras.utils.set_random_seed(3)
+    switched = build_fast((32, 32, 3), 10, width=8, gelu_fused=True)
+    np.testing.assert_allclose(plain(x, training=False).numpy(), switched(x, training=False).numpy(),
+                               rtol=1e-5, atol=1e-6)

@@ -124,7 +124,7 @@ def test_a_model_trained_in_bfloat16_is_saved_and_predicts_in_float32(tmp_path: 
     model_path = tmp_path / "models" / "tiny.keras"
     # bfloat16 from the variant's own key, over train.precision: the precision used is recorded
     train_variant("tiny", _tiny(model="fast", batch_size=32,
-                                model_args={"width": 8, "fused_batchnorm": True, "gelu_float32": True},
+                                model_args={"width": 8, "fused_batchnorm": True, "gelu_fused": True},
                                 precision="mixed_bfloat16"),
                   TrainParams(precision="float32", verbose="silent"), 7, prepared_dir, model_path,
                   tmp_path / "dvclive")
@@ -139,7 +139,7 @@ def test_a_model_trained_in_bfloat16_is_saved_and_predicts_in_float32(tmp_path: 
         assert "bfloat16" not in archive.read("config.json").decode()
     loaded = keras.models.load_model(model_path)
     assert precision.is_float32(loaded)
-    assert {type(layer).__name__ for layer in loaded.layers} >= {"FusedBatchNormalization"}
+    assert {type(layer).__name__ for layer in loaded.layers} >= {"FusedBatchNormalization", "FusedGELU"}
     test = artifacts.load_split(prepared_dir / "test.npz")
     from cifar_dvc.normalization import normalize
 

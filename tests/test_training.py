@@ -57,6 +57,12 @@ def test_variant_defaults_and_cap() -> None:
     ({"model": "cnn", "tta": 1, "monitor": "val_tta_accuracy", "val_tta_every": 0},
      r"needs val_tta_every: 1"),
     ({"model": "cnn", "monitor": "val_acc"}, r"variants\.v\.monitor: expected one of val_accuracy"),
+    ({"model": "cnn", "val_every": -1}, r"val_every must be >= 0"),
+    ({"model": "cnn", "val_every": 0}, r"variants\.v: val_accuracy \(watched every epoch by checkpoint"),
+    ({"model": "cnn", "val_every": 2, "checkpoint": "last", "early_stopping": 3, "monitor": "val_loss"},
+     r"val_loss \(watched .*\) needs val_every: 1"),
+    ({"model": "cnn", "val_every": 0, "checkpoint": "last", "schedule": {"name": "plateau"}},
+     r"val_loss \(watched .*\) needs val_every: 1"),
     ({"model": "cnn", "augment": {"shift": 1.5}}, r"augment\.shift must be in \[0, 1\)"),
 ])
 def test_bad_variant_params(entry: dict, message: str) -> None:

@@ -135,6 +135,23 @@ def test_tta_validation_every_n_epochs_and_always_the_last(tmp_path: Path, prepa
     assert [int(line.split("\t")[column]) for line in lines] == steps  # dvclive's steps: 0-based epochs
 
 
+@pytest.mark.parametrize(("every", "steps"), [(0, [2]), (2, [1, 2])])
+def test_plain_validation_every_n_epochs_and_always_the_last(tmp_path: Path, prepared_dir: Path,
+                                                             every: int, steps: list[int]) -> None:
+    # a recipe that reads no validation metric during training (last checkpoint, no plateau)
+    variant = _tiny(model="mlp", model_args={"hidden_units": 16}, epochs=3, checkpoint="last",
+                    monitor="accuracy", val_every=every)
+    result = _run(tmp_path, prepared_dir, variant)
+    for key in ("val_accuracy", "val_loss"):  # one per epoch, NaN where skipped
+        assert [epoch for epoch, value in enumerate(result.history[key]) if not math.isnan(value)] == steps
+    assert all(not math.isnan(value) for value in result.history["accuracy"])
+    rows = (tmp_path / "dvclive" / "tiny" / "plots" / "metrics" / "eval" / "accuracy.tsv").read_text()
+    header, *lines = rows.splitlines()
+    column = header.split("\t").index("step")
+    assert [int(line.split("\t")[column]) for line in lines] == steps  # dvclive's steps: 0-based epochs
+    assert result.summary["epochs_run"] == 3 and result.summary["train_seconds"] > 0
+
+
 def test_fast_variant_saves_its_whitening_stem_set_from_the_training_images(tmp_path: Path,
                                                                             prepared_dir: Path) -> None:
     from cifar_dvc.models.fast import whitening_kernel

@@ -30,8 +30,8 @@ Why each choice (from airbench's ablations; measurements here in benchmarks/resu
 - Global max pooling instead of a fixed 3x3 pool keeps the model shape-agnostic (28x28x1 MNIST too).
 
 Input: normalized images of the data set's shape (N, H, W, C) float32. Output: class probabilities.
-Standard Keras layers, ``ChannelBias`` (``whiten_bias``) and ``FusedBatchNormalization``
-(``fused_batchnorm``), registered when ``cifar_dvc.models`` is
+Standard Keras layers, ``ChannelBias`` (``whiten_bias``), ``FusedBatchNormalization``
+(``fused_batchnorm``) and ``FusedGELU`` (``gelu_fused``), registered when ``cifar_dvc.models`` is
 imported, so ``keras.models.load_model`` needs no custom objects after that import.
 Built by the registry in ``cifar_dvc/models``; trained by ``stages/train.py`` (``dvc repro train@fast``)
 and benchmarked by ``benchmarks/fast_recipe.py``.
@@ -40,13 +40,14 @@ and benchmarked by ``benchmarks/fast_recipe.py``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import keras
 import numpy as np
 from keras import layers
 
-from cifar_dvc.models.layers import FusedBatchNormalization
+from cifar_dvc.models.layers import FusedBatchNormalization, FusedGELU
 
 # airbench94's batch-norm momentum, already in Keras' convention (weight of the running value;
 # airbench passes 1 - 0.6 to PyTorch). Keras' default 0.99 lags far behind a net trained this fast.
@@ -88,21 +89,26 @@ def torch_conv_init() -> keras.initializers.Initializer:
     return keras.initializers.VarianceScaling(1 / 3, mode="fan_in", distribution="uniform")
 
 
+def _gelu(name: str, *, fused: bool, dtype: str | None) -> keras.Layer:
+    return FusedGELU(name=name) if fused else layers.Activation("gelu", dtype=dtype, name=name)
+
+
 def _conv_bn_gelu(x: keras.KerasTensor, filters: int, name: str, pool: bool, *, fused: bool,
-                  gelu_dtype: str | None) -> keras.KerasTensor:
+                  gelu: Callable[[str], keras.Layer]) -> keras.KerasTensor:
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=torch_conv_init(),
                       name=f"{name}_conv")(x)
     if pool:
         x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
     norm = FusedBatchNormalization if fused else layers.BatchNormalization
     x = norm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale=False, name=f"{name}_bn")(x)
-    return layers.Activation("gelu", dtype=gelu_dtype, name=f"{name}_gelu")(x)
+    return gelu(f"{name}_gelu")(x)
 
 
 def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int = 64,
                stem: str = "whiten", stem_width: int | None = None, scaling: float = 1 / 9,
                dirac: bool = True, whiten_bias: bool = False, residual: bool = False,
-               fused_batchnorm: bool = False, gelu_float32: bool = False) -> keras.Model:
+               fused_batchnorm: bool = False, gelu_float32: bool = False,
+               gelu_fused: bool = False) -> keras.Model:
     """The fast network: stem, three conv blocks of widths (width, 4*width, 4*width), linear head.
 
     ``width=64`` is airbench94's size (1.97M parameters for CIFAR-10); smaller widths trade
@@ -115,10 +121,12 @@ def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int =
     ``residual`` gives each block a third conv and adds the block's first activation to its last
     (airbench96: 128-512-512 blocks with ``width=128``).
 
-    Two switches change the speed, not the function: ``fused_batchnorm`` trains the BatchNorm
+    Three switches change the speed, not the function: ``fused_batchnorm`` trains the BatchNorm
     layers through TensorFlow's fused kernel (``FusedBatchNormalization``); ``gelu_float32``
     computes every GELU in float32 under a mixed-precision policy (its exact ``erfc`` form is
     4x slower in bfloat16 than in float32 on a CPU); under float32 it changes nothing.
+    ``gelu_fused`` computes every GELU as one XLA kernel each way (``FusedGELU``), in float32
+    inside the kernel, so it replaces ``gelu_float32`` and its casts.
     """
     if stem not in ("whiten", "conv"):
         raise ValueError(f"stem must be 'whiten' or 'conv', got {stem!r}")
@@ -130,8 +138,11 @@ def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int =
     stem_width = 24 if stem_width is None else stem_width
     if width < 1 or stem_width < 1:
         raise ValueError(f"width and stem_width must be positive, got {width} and {stem_width}")
-    gelu_dtype = "float32" if gelu_float32 else None  # None: the global (mixed) policy
-    conv_bn_gelu = functools.partial(_conv_bn_gelu, fused=fused_batchnorm, gelu_dtype=gelu_dtype)
+    if gelu_fused and gelu_float32:
+        raise ValueError("gelu_fused computes in float32 already: leave gelu_float32 out")
+    # dtype None: the global (mixed) policy
+    gelu = functools.partial(_gelu, fused=gelu_fused, dtype="float32" if gelu_float32 else None)
+    conv_bn_gelu = functools.partial(_conv_bn_gelu, fused=fused_batchnorm, gelu=gelu)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     if stem == "whiten":
         filters = 2 * WHITEN_KERNEL * WHITEN_KERNEL * input_shape[-1]
@@ -141,7 +152,7 @@ def build_fast(input_shape: tuple[int, int, int], num_classes: int, width: int =
                           kernel_initializer=torch_conv_init(), name=WHITEN_LAYER)(inputs)
         if whiten_bias:
             x = ChannelBias(name=WHITEN_BIAS_LAYER)(x)
-        x = layers.Activation("gelu", dtype=gelu_dtype, name="whiten_gelu")(x)
+        x = gelu("whiten_gelu")(x)
     else:
         x = conv_bn_gelu(inputs, stem_width, "stem", pool=False)
     for i, filters in enumerate((width, 4 * width, 4 * width), start=1):

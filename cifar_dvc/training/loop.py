@@ -60,7 +60,7 @@ from cifar_dvc.normalization import STATS_FILE, NormStats, load_stats, normalize
 from cifar_dvc.training import data, distribute, optim, precision, resume
 from cifar_dvc.training.augment import build_augmenter
 from cifar_dvc.training.callbacks import recipe_callbacks
-from cifar_dvc.training.variant import TrainParams, VariantParams
+from cifar_dvc.training.variant import TrainParams, VariantParams, validates
 
 # Training images that set data-dependent weights (airbench: 5,000 give a stable patch covariance).
 WHITENING_SAMPLE = 5000
@@ -280,8 +280,10 @@ def fit(run: Run, model: keras.Model, train_ds: tf.data.Dataset, callbacks: list
         val_ds: tf.data.Dataset | None = None, initial_epoch: int = 0) -> keras.callbacks.History:
     """Train ``model`` for the run's epochs (from ``initial_epoch``), verbose as ``train.verbose``."""
     # shuffle=False: the dataset shuffles itself, deterministically (cifar_dvc.training.data)
+    validation_freq = [e for e in range(1, run.epochs + 1) if validates(e, run.epochs, run.variant.val_every)]
     return model.fit(train_ds, validation_data=val_ds, epochs=run.epochs, callbacks=callbacks,
-                     shuffle=False, initial_epoch=initial_epoch, verbose=fit_verbosity(run.train.verbose))
+                     shuffle=False, initial_epoch=initial_epoch, validation_freq=validation_freq,
+                     verbose=fit_verbosity(run.train.verbose))
 
 
 @contextlib.contextmanager
@@ -471,8 +473,7 @@ class _TTAValidation(keras.callbacks.Callback):
         self.every, self.epochs = every, epochs
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        done = epoch + 1
-        if done != self.epochs and (self.every == 0 or done % self.every):
+        if not validates(epoch + 1, self.epochs, self.every):
             return
         if logs is not None:
             probs = inference.predict(self.model, self.info, self.x, self.info.tta or 0, self.batch_size)

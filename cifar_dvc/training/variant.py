@@ -22,6 +22,13 @@ from cifar_dvc.errors import ParamsError
 
 # Metrics the fit loop logs every epoch (val_tta_accuracy only with `tta` 1 or 2).
 Metric = Literal["val_accuracy", "val_loss", "val_tta_accuracy", "accuracy", "loss"]
+PLAIN_VALIDATION = ("val_accuracy", "val_loss")  # the metrics of Keras' own validation (val_every)
+
+
+def validates(epoch: int, epochs: int, every: int) -> bool:
+    """Whether 1-based ``epoch`` of ``epochs`` is one that validates every ``every`` epochs
+    (``val_every``, ``val_tta_every``): each multiple of ``every``, and the last; 0 = the last only."""
+    return epoch == epochs or (every > 0 and epoch % every == 0)
 # train.precision and a variant's own precision (cifar_dvc/training/precision.py resolves `auto`).
 Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 
@@ -146,6 +153,9 @@ class VariantParams:
     # Epochs between validations with TTA (val_tta_accuracy), the last epoch always; 0 = the last only.
     # TTA level 2 predicts the validation set 6 times: each skipped epoch saves that time.
     val_tta_every: int = 1
+    # Epochs between plain validations (val_loss, val_accuracy), the last epoch always; 0 = the last
+    # only. For a recipe whose schedule, checkpoint and stopping read no validation metric.
+    val_every: int = 1
     whiten_bias_epochs: int = 0  # epochs the whitening stem's bias trains, then frozen (airbench: 3); 0 = off
     # This variant's train.precision; null = train.precision. For a network whose speed under
     # bfloat16 was measured lower than in float32 on a CPU that `auto` gives bfloat16 to.
@@ -168,6 +178,12 @@ class VariantParams:
             raise ValueError(f"val_tta_every must be >= 0, got {self.val_tta_every}")
         if "val_tta_accuracy" in (self.monitor, self.schedule.monitor) and self.val_tta_every != 1:
             raise ValueError("monitor val_tta_accuracy needs val_tta_every: 1 (a value every epoch)")
+        if self.val_every < 0:
+            raise ValueError(f"val_every must be >= 0, got {self.val_every}")
+        watched = sorted(m for m in self.monitors_read if m in PLAIN_VALIDATION)
+        if self.val_every != 1 and watched:
+            raise ValueError(f"{' and '.join(watched)} (watched every epoch by checkpoint, early_stopping or "
+                             "the plateau schedule) needs val_every: 1")
         if self.steps_per_execution is not None and self.steps_per_execution < 1:
             raise ValueError("steps_per_execution must be >= 1")
         if self.optimizer.lookahead and self.steps_per_execution != 1:
@@ -177,6 +193,13 @@ class VariantParams:
             raise ValueError(f"whiten_bias_epochs must be >= 0, got {self.whiten_bias_epochs}")
         if self.whiten_bias_epochs and not self.model_args.get("whiten_bias"):
             raise ValueError("whiten_bias_epochs needs model_args.whiten_bias: true")
+
+    @property
+    def monitors_read(self) -> set[str]:
+        """The logged metrics something reads every epoch: the best-epoch checkpoint and early stopping
+        read ``monitor``, the plateau schedule its ``schedule.monitor``."""
+        read = {self.monitor} if self.checkpoint == "best" or self.early_stopping is not None else set()
+        return read | ({self.schedule.monitor} if self.schedule.name == "plateau" else set())
 
     @property
     def monitor_mode(self) -> str:
