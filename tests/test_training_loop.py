@@ -122,6 +122,13 @@ def test_ema_last_checkpoint_tta_and_onecycle(tmp_path: Path, prepared_dir: Path
     assert (tmp_path / "models" / "tiny.keras").is_file()
 
 
+def _dvclive_steps(live_dir: Path, metric: str) -> list[int]:
+    """The steps (0-based epochs) at which dvclive logged ``metric`` (its plots/metrics/<metric>.tsv)."""
+    header, *lines = (live_dir / "plots" / "metrics" / f"{metric}.tsv").read_text().splitlines()
+    column = header.split("\t").index("step")
+    return [int(line.split("\t")[column]) for line in lines]
+
+
 @pytest.mark.parametrize(("every", "steps"), [(0, [2]), (2, [1, 2])])
 def test_tta_validation_every_n_epochs_and_always_the_last(tmp_path: Path, prepared_dir: Path,
                                                            every: int, steps: list[int]) -> None:
@@ -129,10 +136,7 @@ def test_tta_validation_every_n_epochs_and_always_the_last(tmp_path: Path, prepa
     result = _run(tmp_path, prepared_dir, variant)
     tta = result.history["val_tta_accuracy"]  # one per epoch, NaN where skipped
     assert [epoch for epoch, value in enumerate(tta) if not math.isnan(value)] == steps
-    rows = (tmp_path / "dvclive" / "tiny" / "plots" / "metrics" / "eval" / "tta_accuracy.tsv").read_text()
-    header, *lines = rows.splitlines()
-    column = header.split("\t").index("step")
-    assert [int(line.split("\t")[column]) for line in lines] == steps  # dvclive's steps: 0-based epochs
+    assert _dvclive_steps(tmp_path / "dvclive" / "tiny", "eval/tta_accuracy") == steps
 
 
 @pytest.mark.parametrize(("every", "steps"), [(0, [2]), (2, [1, 2])])
@@ -145,10 +149,7 @@ def test_plain_validation_every_n_epochs_and_always_the_last(tmp_path: Path, pre
     for key in ("val_accuracy", "val_loss"):  # one per epoch, NaN where skipped
         assert [epoch for epoch, value in enumerate(result.history[key]) if not math.isnan(value)] == steps
     assert all(not math.isnan(value) for value in result.history["accuracy"])
-    rows = (tmp_path / "dvclive" / "tiny" / "plots" / "metrics" / "eval" / "accuracy.tsv").read_text()
-    header, *lines = rows.splitlines()
-    column = header.split("\t").index("step")
-    assert [int(line.split("\t")[column]) for line in lines] == steps  # dvclive's steps: 0-based epochs
+    assert _dvclive_steps(tmp_path / "dvclive" / "tiny", "eval/accuracy") == steps
     assert result.summary["epochs_run"] == 3 and result.summary["train_seconds"] > 0
 
 

@@ -320,7 +320,7 @@ def write_best_model(run: Run, model: keras.Model, staged: Path, model_path: Pat
 def summarize(run: Run, model: keras.Model, prepared: TrainingData, stage: StageCallbacks) -> TrainResult:
     """The run's per-epoch history and the training summary the sidecar keeps."""
     variant, backup, saver = run.variant, stage.backup, stage.saver
-    # One value per epoch, NaN where an epoch did not log the key (val_tta_every skips epochs)
+    # One value per epoch, NaN where an epoch did not log the key (val_every, val_tta_every skip epochs)
     keys = dict.fromkeys(k for logs in backup.history for k in logs)
     hist = {k: [logs.get(k, math.nan) for logs in backup.history] for k in keys}
     epochs_run = len(backup.history)

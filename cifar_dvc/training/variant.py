@@ -24,13 +24,14 @@ from cifar_dvc.errors import ParamsError
 Metric = Literal["val_accuracy", "val_loss", "val_tta_accuracy", "accuracy", "loss"]
 PLAIN_VALIDATION = ("val_accuracy", "val_loss")  # the metrics of Keras' own validation (val_every)
 
+# train.precision and a variant's own precision (cifar_dvc/training/precision.py resolves `auto`).
+Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
+
 
 def validates(epoch: int, epochs: int, every: int) -> bool:
     """Whether 1-based ``epoch`` of ``epochs`` is one that validates every ``every`` epochs
     (``val_every``, ``val_tta_every``): each multiple of ``every``, and the last; 0 = the last only."""
     return epoch == epochs or (every > 0 and epoch % every == 0)
-# train.precision and a variant's own precision (cifar_dvc/training/precision.py resolves `auto`).
-Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 
 
 @dataclasses.dataclass
