@@ -11,9 +11,11 @@ variants:
 
 - on a CPU with AMX (``amx_bf16`` in ``/proc/cpuinfo``): measured 2.0x (``fast``) and 2.25x (the
   IMP network) the float32 speed on this project's 2-core Xeon;
-- on a CPU with ``avx512_bf16`` but no AMX (AMD Zen 4): bfloat16 dot products in AVX-512, measured
+- on a CPU with ``avx512_bf16`` but no AMX (AMD Zen 4, Zen 5): bfloat16 dot products in AVX-512, measured
   1.27x (``fast``), 1.34x (``cnn``), 1.40x (``imp1``) and 1.52x (``keras_cnn``) the float32 speed
-  on a 2-core AMD EPYC (``benchmarks/results/precision_throughput_avx512bf16.md``);
+  on a 2-core AMD EPYC (``benchmarks/results/precision_throughput_avx512bf16.md``), and on a Zen 5
+  1.24x (``fast96``), 1.25x (``imp2``), 1.39x (``fast``), 1.68x (``wide_cnn``)
+  (``benchmarks/results/precision_throughput_zen5.md``);
 - on a GPU with bfloat16 units (compute capability 8.0 and newer);
 - never on a CPU with neither: there bfloat16 is emulated and was measured 1.7-10x *slower*.
 
