@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -136,6 +137,12 @@ def _machine() -> dict[str, Any]:
             "avx512_bf16": "avx512_bf16" in flags}
 
 
+def _commit(workspace: Path) -> str | None:
+    result = subprocess.run(["git", "-C", str(workspace), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True)
+    return result.stdout.strip() or None
+
+
 def park(backup: Path, cache: Path, epochs: int | None = None) -> dict[str, Any]:
     """Store ``backup`` in ``cache``; the pointer record (what ``unpark`` needs, and the curve)."""
     state = _state(backup)
@@ -149,6 +156,9 @@ def park(backup: Path, cache: Path, epochs: int | None = None) -> dict[str, Any]
         "fingerprint": state.get("fingerprint"),
         "backup": stored,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        # the workspace's code: a later change to the variant's params (a new key's default too)
+        # changes the fingerprint, and the resumed stage then starts over
+        "commit": _commit(backup.parent.parent),
         "machine": _machine(),
         "seconds": state.get("seconds"),
         "cpu_seconds": state.get("cpu_seconds"),

@@ -49,6 +49,7 @@ def test_park_then_unpark_restores_every_byte(park_backup: ModuleType, tmp_path:
     assert pointer["fingerprint"] == "abc123" and pointer["backup"]["nfiles"] == 3
     assert pointer["curve"]["val_accuracy"] == [0.45, 0.46, 0.47]
     assert pointer["backup"]["md5"].endswith(".dir")
+    assert pointer["commit"] is None  # the workspace is no git clone here
 
     target = tmp_path / "other" / "backups" / "imp2"
     assert park_backup.unpark(pointer, cache, target) == 3
