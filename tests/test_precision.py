@@ -46,6 +46,17 @@ def test_explicit_precision_is_used_as_is_and_unknown_is_refused() -> None:
         precision.resolve("bfloat16", flags=set(), gpus=[])
 
 
+def test_cpu_model_names_family_and_model_of_the_first_processor(tmp_path: Path) -> None:
+    """A hypervisor's bare "AMD EPYC" is Zen 3, 4 or 5: the numbers say which."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n\n"
+                       "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: other\n")
+    assert precision.cpu_model(cpuinfo) == "AMD EPYC, family 26 model 2"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Apple M9\n")
+    assert precision.cpu_model(cpuinfo) == "Apple M9"
+    assert precision.cpu_model(tmp_path / "missing")  # platform's answer, never empty
+
+
 def test_auto_reads_the_cpu_flags_from_cpuinfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n\n"

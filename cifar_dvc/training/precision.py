@@ -64,14 +64,27 @@ def cpu_flags(path: Path | str | None = None) -> set[str]:
 
 
 def cpu_model(path: Path | str | None = None) -> str:
-    """The CPU's model name (``model name`` in ``/proc/cpuinfo``), else what ``platform`` says."""
+    """The CPU's model name (``model name`` in ``/proc/cpuinfo``) with its family and model numbers,
+    else what ``platform`` says. Under a hypervisor the name is often only "AMD EPYC" or "Intel(R)
+    Xeon(R) Processor", the same for CPUs that train 2-4x apart; the numbers tell them apart (AMD
+    family 25 = Zen 3/4, 26 = Zen 5)."""
     import platform
 
+    fields: dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path(CPUINFO if path is None else path).read_text(errors="replace").splitlines():
-            if line.startswith("model name") and ":" in line:
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+            key, sep, value = line.partition(":")
+            if not sep:
+                if fields:  # the end of the first processor's block
+                    break
+                continue
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name")
+    if not name:
+        return platform.processor() or platform.machine()
+    if fields.get("cpu family") and fields.get("model"):
+        return f"{name}, family {fields['cpu family']} model {fields['model']}"
+    return name
 
 
 def gpu_compute_capabilities() -> list[tuple[int, int]]:
