@@ -146,7 +146,10 @@ def _commit(workspace: Path) -> str | None:
 def park(backup: Path, cache: Path, epochs: int | None = None) -> dict[str, Any]:
     """Store ``backup`` in ``cache``; the pointer record (what ``unpark`` needs, and the curve)."""
     state = _state(backup)
+    before = (backup / STATE_FILE).read_bytes()
     stored = store_dir(backup, cache)
+    if (backup / STATE_FILE).read_bytes() != before:  # an epoch ended meanwhile: files of two epochs
+        raise ParkError(f"{backup}: the training wrote a new epoch while it was parked; stop it first")
     history = state.get("history", [])
     return {
         "format": POINTER_FORMAT,

@@ -103,7 +103,7 @@ def test_state_file_is_the_one_training_writes(park_backup: ModuleType) -> None:
     assert park_backup.STATE_FILE == resume.STATE_FILE
 
 
-def test_refusals(park_backup: ModuleType, tmp_path: Path) -> None:
+def test_refusals(park_backup: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     backup = _backup(tmp_path / "backups" / "imp2")
     cache = tmp_path / "cache"
     pointer = park_backup.park(backup, cache)
@@ -125,6 +125,19 @@ def test_refusals(park_backup: ModuleType, tmp_path: Path) -> None:
     (backup / "state.json").write_text(json.dumps({"epoch": 4, "weights": "epoch-4.weights.h5"}))
     with pytest.raises(park_backup.ParkError, match="stop it first"):
         park_backup.park(backup, cache)
+    # a training that writes its next epoch while the folder is being stored
+    _backup(tmp_path / "live" / "imp2", epoch=5)
+    store = park_backup.store_dir
+
+    def epoch_ends_meanwhile(directory: Path, to: Path) -> dict:
+        stored = store(directory, to)
+        (directory / "state.json").write_text((directory / "state.json").read_text().replace(
+            '"epoch": 5', '"epoch": 6'))
+        return stored
+
+    monkeypatch.setattr(park_backup, "store_dir", epoch_ends_meanwhile)
+    with pytest.raises(park_backup.ParkError, match="new epoch while it was parked"):
+        park_backup.park(tmp_path / "live" / "imp2", cache)
     # a pointer of another format
     with pytest.raises(park_backup.ParkError, match="expected format 1"):
         park_backup.unpark({"format": 9}, cache, tmp_path / "z")
