@@ -33,7 +33,6 @@ import argparse
 import datetime as dt
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -41,8 +40,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from reproduction import machine
+
 from cifar_dvc import atomic
-from cifar_dvc.training.precision import cpu_flags, cpu_model
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".dvc" / "cache"
@@ -131,12 +131,6 @@ def _state(backup: Path) -> dict[str, Any]:
     return {**state, "epoch": epoch}
 
 
-def _machine() -> dict[str, Any]:
-    flags = cpu_flags()
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "amx_bf16": "amx_bf16" in flags,
-            "avx512_bf16": "avx512_bf16" in flags}
-
-
 def _commit(workspace: Path) -> str | None:
     result = subprocess.run(["git", "-C", str(workspace), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True)
@@ -162,7 +156,7 @@ def park(backup: Path, cache: Path, epochs: int | None = None) -> dict[str, Any]
         # the workspace's code: a later change to the variant's params (a new key's default too)
         # changes the fingerprint, and the resumed stage then starts over
         "commit": _commit(backup.parent.parent),
-        "machine": _machine(),
+        "machine": machine(),
         "seconds": state.get("seconds"),
         "cpu_seconds": state.get("cpu_seconds"),
         "curve": {key: [round(float(h[key]), 4) for h in history if key in h]

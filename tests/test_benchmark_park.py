@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -17,11 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def park_backup() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("park_backup", ROOT / "benchmarks" / "park_backup.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def park_backup() -> Iterator[ModuleType]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(ROOT / "benchmarks"))  # its sibling import (reproduction)
+        spec = importlib.util.spec_from_file_location("park_backup", ROOT / "benchmarks" / "park_backup.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
 
 
 def _backup(folder: Path, epoch: int = 3) -> Path:
