@@ -6,13 +6,21 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from scipy import ndimage
 
 from cifar_dvc import config
 from cifar_dvc.datasets.split import one_hot
 from cifar_dvc.errors import ParamsError
 from cifar_dvc.normalization import NormStats, normalize
 from cifar_dvc.training import optim
-from cifar_dvc.training.augment import ChannelShift, Cutout, RandomPadCrop, build_augmenter
+from cifar_dvc.training.augment import (
+    ChannelShift,
+    Cutout,
+    RandomAffine,
+    RandomPadCrop,
+    affine_transforms,
+    build_augmenter,
+)
 from cifar_dvc.training.data import group_for, make_dataset
 from cifar_dvc.training.loop import fit_verbosity, select_strategy
 from cifar_dvc.training.variant import (
@@ -163,15 +171,71 @@ def test_pad_crop_is_a_shifted_window() -> None:
     assert len(offsets) > 1
 
 
+def _image_data_generator(image: np.ndarray, degrees: float, row_shift: float, col_shift: float,
+                          row_zoom: float, col_zoom: float) -> np.ndarray:
+    """keras_preprocessing's ``apply_affine_transform`` (ImageDataGenerator, order 1, fill nearest)."""
+    theta = np.deg2rad(degrees)
+    rotation = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    shift = np.array([[1, 0, row_shift], [0, 1, col_shift], [0, 0, 1]])
+    zoom = np.diag([row_zoom, col_zoom, 1.0])
+    o_r, o_c = image.shape[0] / 2 + 0.5, image.shape[1] / 2 + 0.5
+    offset = np.array([[1, 0, o_r], [0, 1, o_c], [0, 0, 1]])
+    reset = np.array([[1, 0, -o_r], [0, 1, -o_c], [0, 0, 1]])
+    m = offset @ rotation @ shift @ zoom @ reset
+    return np.stack([ndimage.affine_transform(image[..., c], m[:2, :2], m[:2, 2], order=1, mode="nearest")
+                     for c in range(image.shape[-1])], axis=-1)
+
+
+def test_affine_transforms_resample_as_image_data_generator_does() -> None:
+    x = _images(4).astype("float32")
+    cases = [(20, 3.2, -2.5, 0.8, 1.3), (-15, 0, 0, 1, 1), (0, 1.5, 0.7, 1, 1), (7, -3, 3, 1.2, 0.9)]
+    columns = [np.array([case[i] for case in cases], "float32") for i in range(5)]
+    columns[0] = np.deg2rad(columns[0])
+    out = keras.ops.image.affine_transform(x, affine_transforms(*columns, 32, 32), fill_mode="nearest")
+    for image, result, case in zip(x, keras.ops.convert_to_numpy(out), cases, strict=True):
+        # to float rounding, border (nearest fill) included: one bilinear resampling, as the seeds'
+        np.testing.assert_allclose(result, _image_data_generator(image, *case), atol=0.01)
+
+
+def test_random_affine_draws_per_image_and_resamples_once() -> None:
+    x = _images(16).astype("float32")
+    layer = RandomAffine(rotation=20, shift=0.1, zoom_in=0.2, zoom_out=0.3, seed=3)
+    twin = RandomAffine.from_config(layer.get_config())  # same seed: the same draws
+    angle, rows, cols, row_zoom, col_zoom = (keras.ops.convert_to_numpy(v) for v in twin.draw(16, 32.0, 32.0))
+    assert np.abs(angle).max() <= np.deg2rad(20) and np.abs(rows).max() <= 3.2 and np.abs(cols).max() <= 3.2
+    assert min(row_zoom.min(), col_zoom.min()) >= 0.8 and max(row_zoom.max(), col_zoom.max()) <= 1.3
+    assert len(np.unique(angle)) == 16 and not np.allclose(row_zoom, col_zoom)  # per image, zooms independent
+    out = keras.ops.convert_to_numpy(layer(x, training=True))
+    for i in range(16):
+        expected = _image_data_generator(x[i], np.rad2deg(angle[i]), rows[i], cols[i],
+                                         row_zoom[i], col_zoom[i])
+        np.testing.assert_allclose(out[i], expected, atol=0.01)
+    np.testing.assert_array_equal(layer(x, training=False), x)
+
+
+def test_random_affine_stays_float32_under_mixed_precision() -> None:
+    previous = keras.config.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        layer = RandomAffine(rotation=10, shift=0.1, seed=1)
+        out = tf.data.Dataset.from_tensor_slices(_images(8).astype("float32")).batch(4).map(
+            lambda b: layer(b, training=True))
+        assert all(batch.dtype == tf.float32 for batch in out)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+
+
 def test_build_augmenter_layers() -> None:
     assert build_augmenter(AugmentParams(), seed=1) is None
     seed_004 = AugmentParams(rotation=20, shift=0.1, zoom_in=0.2, zoom_out=0.3, channel_shift=0.2, flip=True)
     aug = build_augmenter(seed_004, seed=1)
     kinds = [type(layer).__name__ for layer in aug.layers]
-    assert kinds == ["RandomRotation", "RandomTranslation", "RandomZoom", "ChannelShift", "RandomFlip"]
-    assert aug.layers[0].factor == (-20 / 360, 20 / 360)
-    assert aug.layers[2].height_factor == (-0.2, 0.3) and aug.layers[2].width_factor == (-0.2, 0.3)
-    assert aug.layers[1].fill_mode == "nearest"
+    # ImageDataGenerator's order: one affine resampling, then the channel shift, then the flip
+    assert kinds == ["RandomAffine", "ChannelShift", "RandomFlip"]
+    affine = aug.layers[0]
+    assert (affine.rotation, affine.shift, affine.zoom_in, affine.zoom_out) == (20, 0.1, 0.2, 0.3)
+    assert affine.fill_mode == "nearest"
+    assert type(build_augmenter(AugmentParams(shift=0.1, flip=True), seed=1).layers[0]) is RandomAffine
 
 
 # --- input pipeline ---------------------------------------------------------------------------

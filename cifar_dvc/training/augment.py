@@ -7,7 +7,12 @@ setting): shift 0.1 = 10% of the side, channel shift 0.2 = 0.2 * 255 pixel level
 and clipping happen in pixel space. Augmentation is never applied to evaluation data and never
 becomes part of a saved model.
 
-Two small custom layers complete Keras' set:
+Four small custom layers complete Keras' set:
+- ``RandomAffine``: ImageDataGenerator's ``rotation_range``, ``*_shift_range`` and ``zoom_range``
+  as one affine transform per image, resampled once (bilinear), as ``apply_affine_transform``
+  does. Keras' RandomRotation, RandomTranslation and RandomZoom in a row resample three times,
+  and each bilinear resampling blurs: a sharper-than-the-seed's difference we measured, not a
+  cosmetic one (``benchmarks/results/reproduction.md``, imp2).
 - ``ChannelShift``: ImageDataGenerator's ``channel_shift_range``: one offset drawn uniformly in
   [-intensity, intensity] * 255 per image, added to every channel, the result clipped to that
   image's own min and max (as ``apply_channel_shift`` does).
@@ -23,6 +28,7 @@ Reads and writes nothing. Used by ``cifar_dvc.training.data``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -30,6 +36,78 @@ import numpy as np
 import tensorflow as tf
 
 from cifar_dvc.training.variant import AugmentParams
+
+
+def affine_transforms(theta: Any, row_shift: Any, col_shift: Any, row_zoom: Any, col_zoom: Any,
+                      height: int, width: int) -> Any:
+    """ImageDataGenerator's transform of each image, as rows for ``keras.ops.image.affine_transform``.
+
+    ``theta`` in radians, shifts in pixels, zooms as factors (< 1 zooms in): one value per image.
+    keras_preprocessing's ``apply_affine_transform`` maps an output pixel (row, col) to the input
+    point ``A @ (row, col) + b`` with ``A = R(theta) @ diag(row_zoom, col_zoom)`` and ``b = R(theta)
+    @ (row_shift, col_shift)``, about the centre ``(height / 2 + 0.5, width / 2 + 0.5)`` (its
+    ``transform_matrix_offset_center``, half a pixel off the true centre, kept). Keras' rows
+    [a0, a1, a2, b0, b1, b2, c0, c1] map (x = col, y = row) instead, hence the swapped entries.
+    """
+    ops = keras.ops
+    cos, sin = ops.cos(theta), ops.sin(theta)
+    a_rr, a_rc = cos * row_zoom, -sin * col_zoom
+    a_cr, a_cc = sin * row_zoom, cos * col_zoom
+    centre_r, centre_c = height / 2 + 0.5, width / 2 + 0.5
+    off_r = cos * row_shift - sin * col_shift + centre_r - (a_rr * centre_r + a_rc * centre_c)
+    off_c = sin * row_shift + cos * col_shift + centre_c - (a_cr * centre_r + a_cc * centre_c)
+    zero = ops.zeros_like(theta)
+    return ops.stack([a_cc, a_cr, off_c, a_rc, a_rr, off_r, zero, zero], axis=1)
+
+
+@keras.saving.register_keras_serializable(package="cifar_dvc")
+class RandomAffine(keras.layers.Layer):
+    """Random rotation, shift and zoom of each image in one bilinear resampling (ImageDataGenerator).
+
+    Each image draws its angle in [-rotation, rotation] degrees, its shifts in [-shift, shift] of
+    its height and width, and its two zoom factors independently in [1 - zoom_in, 1 + zoom_out]
+    (ImageDataGenerator's ``zoom_range``; a factor below 1 shows the object larger). Runs in float32
+    whatever the global precision policy: it moves pixels, it does not learn.
+    """
+
+    def __init__(self, rotation: float = 0.0, shift: float = 0.0, zoom_in: float = 0.0,
+                 zoom_out: float = 0.0, fill_mode: str = "nearest", seed: int | None = None,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.rotation, self.shift = float(rotation), float(shift)
+        self.zoom_in, self.zoom_out = float(zoom_in), float(zoom_out)
+        self.fill_mode = fill_mode
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def draw(self, batch: Any, height: Any, width: Any) -> tuple[Any, Any, Any, Any, Any]:
+        """One transform per image: angle (radians), row and column shift (pixels), two zooms."""
+        def uniform(low: float, high: float) -> Any:
+            return keras.random.uniform((batch,), low, high, seed=self.generator)
+
+        angle = self.rotation * math.pi / 180
+        zoom = (1 - self.zoom_in, 1 + self.zoom_out)
+        return (uniform(-angle, angle), uniform(-self.shift, self.shift) * height,
+                uniform(-self.shift, self.shift) * width, uniform(*zoom), uniform(*zoom))
+
+    def call(self, images: Any, training: bool = True) -> Any:
+        if not training:
+            return images
+        ops = keras.ops
+        shape = ops.shape(images)
+        height, width = ops.cast(shape[1], "float32"), ops.cast(shape[2], "float32")
+        transforms = affine_transforms(*self.draw(shape[0], height, width), height, width)
+        return ops.image.affine_transform(images, transforms, interpolation="bilinear",
+                                          fill_mode=self.fill_mode)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rotation": self.rotation, "shift": self.shift,
+                "zoom_in": self.zoom_in, "zoom_out": self.zoom_out, "fill_mode": self.fill_mode,
+                "seed": self.seed}
 
 
 @keras.saving.register_keras_serializable(package="cifar_dvc")
@@ -146,18 +224,10 @@ def build_augmenter(params: AugmentParams, seed: int) -> keras.Sequential | None
     """
     if not params.enabled:
         return None
-    fill = {"fill_mode": params.fill_mode, "interpolation": "bilinear"}
     stack: list[keras.layers.Layer] = []
-    if params.rotation:
-        # RandomRotation's factor is a fraction of a full turn.
-        stack.append(keras.layers.RandomRotation(params.rotation / 360.0, seed=seed + 1, **fill))
-    if params.shift:
-        stack.append(keras.layers.RandomTranslation(params.shift, params.shift, seed=seed + 2, **fill))
-    if params.zoom_in or params.zoom_out:
-        # RandomZoom: negative factors zoom in (objects larger), positive zoom out. Width and
-        # height are drawn independently, as ImageDataGenerator's zoom_range does.
-        factor = (-params.zoom_in, params.zoom_out)
-        stack.append(keras.layers.RandomZoom(factor, factor, seed=seed + 3, **fill))
+    if params.rotation or params.shift or params.zoom_in or params.zoom_out:
+        stack.append(RandomAffine(params.rotation, params.shift, params.zoom_in, params.zoom_out,
+                                  params.fill_mode, seed=seed + 1))
     if params.crop_padding:
         stack.append(RandomPadCrop(params.crop_padding, seed=seed + 4))
     if params.channel_shift:

@@ -109,8 +109,8 @@ class AugmentParams:
     shift: float = 0.0  # random translation, fraction of height and width (ImageDataGenerator *_shift_range)
     crop_padding: int = 0  # pad by this many pixels (reflect) and crop back at a random place; 0 = off
     rotation: float = 0.0  # random rotation up to this many degrees either way
-    zoom_in: float = 0.0  # random zoom in, up to this fraction (0.2 = objects up to 20% larger)
-    zoom_out: float = 0.0  # random zoom out, up to this fraction (0.3 = objects up to 30% smaller)
+    zoom_in: float = 0.0  # zoom factors from 1 - zoom_in (0.2: objects up to 1/0.8 = 1.25x larger) ...
+    zoom_out: float = 0.0  # ... to 1 + zoom_out (0.3: 1/1.3 = 0.77x): ImageDataGenerator zoom_range
     channel_shift: float = 0.0  # offset in [-v, v] * 255, all channels (channel_shift_range)
     cutout: int = 0  # erase a random square of this side (pixels) to zero; 0 = off
     cutout_inside: bool = False  # the square wholly inside the image (airbench96), not clipped at the border
