@@ -213,18 +213,6 @@ def test_random_affine_draws_per_image_and_resamples_once() -> None:
     np.testing.assert_array_equal(layer(x, training=False), x)
 
 
-def test_random_affine_stays_float32_under_mixed_precision() -> None:
-    previous = keras.config.dtype_policy()
-    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-    try:
-        layer = RandomAffine(rotation=10, shift=0.1, seed=1)
-        out = tf.data.Dataset.from_tensor_slices(_images(8).astype("float32")).batch(4).map(
-            lambda b: layer(b, training=True))
-        assert all(batch.dtype == tf.float32 for batch in out)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
-
-
 def test_build_augmenter_layers() -> None:
     assert build_augmenter(AugmentParams(), seed=1) is None
     seed_004 = AugmentParams(rotation=20, shift=0.1, zoom_in=0.2, zoom_out=0.3, channel_shift=0.2, flip=True)

@@ -68,6 +68,20 @@ def test_the_steps_compose_to_train_variant(tmp_path: Path, prepared_dir: Path) 
         np.testing.assert_array_equal(mine, stage)
 
 
+def test_augmentation_runs_in_float32_under_a_mixed_precision_run(prepared_dir: Path) -> None:
+    """The augmenter is built outside the run's dtype policy: pixels are moved in float32 and only
+    the model computes in bfloat16 (every layer of seed 004's augmentation)."""
+    variant = _variant(precision="mixed_bfloat16", augment={
+        "rotation": 20, "shift": 0.1, "zoom_in": 0.2, "zoom_out": 0.3, "channel_shift": 0.2, "flip": True})
+    prepared = loop.load_data(prepared_dir)
+    run = loop.start_run("tiny", variant, QUIET, 7, len(prepared.train))
+    assert run.precision == "mixed_bfloat16"
+    train_ds, augmenter = loop.train_dataset(run, prepared.train.x, prepared.train_labels, prepared.stats)
+    assert [layer.compute_dtype for layer in augmenter.layers] == ["float32"] * 3
+    images, _ = next(iter(train_ds))
+    assert images.dtype == "float32"
+
+
 def test_averaged_weights_lends_the_ema_weights_and_gives_the_training_ones_back(prepared_dir: Path) -> None:
     variant = _variant(optimizer={"name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "use_ema": True,
                                   "ema_momentum": 0.5})

@@ -11,8 +11,8 @@ Four small custom layers complete Keras' set:
 - ``RandomAffine``: ImageDataGenerator's ``rotation_range``, ``*_shift_range`` and ``zoom_range``
   as one affine transform per image, resampled once (bilinear), as ``apply_affine_transform``
   does. Keras' RandomRotation, RandomTranslation and RandomZoom in a row resample three times,
-  and each bilinear resampling blurs: a sharper-than-the-seed's difference we measured, not a
-  cosmetic one (``benchmarks/results/reproduction.md``, imp2).
+  and each bilinear resampling blurs: training images blurrier than the seed's, which cost imp2
+  7.8 test points (``benchmarks/results/reproduction.md``).
 - ``ChannelShift``: ImageDataGenerator's ``channel_shift_range``: one offset drawn uniformly in
   [-intensity, intensity] * 255 per image, added to every channel, the result clipped to that
   image's own min and max (as ``apply_channel_shift`` does).
@@ -39,7 +39,7 @@ from cifar_dvc.training.variant import AugmentParams
 
 
 def affine_transforms(theta: Any, row_shift: Any, col_shift: Any, row_zoom: Any, col_zoom: Any,
-                      height: int, width: int) -> Any:
+                      height: Any, width: Any) -> Any:
     """ImageDataGenerator's transform of each image, as rows for ``keras.ops.image.affine_transform``.
 
     ``theta`` in radians, shifts in pixels, zooms as factors (< 1 zooms in): one value per image.
@@ -66,14 +66,12 @@ class RandomAffine(keras.layers.Layer):
 
     Each image draws its angle in [-rotation, rotation] degrees, its shifts in [-shift, shift] of
     its height and width, and its two zoom factors independently in [1 - zoom_in, 1 + zoom_out]
-    (ImageDataGenerator's ``zoom_range``; a factor below 1 shows the object larger). Runs in float32
-    whatever the global precision policy: it moves pixels, it does not learn.
+    (ImageDataGenerator's ``zoom_range``; a factor below 1 shows the object larger).
     """
 
     def __init__(self, rotation: float = 0.0, shift: float = 0.0, zoom_in: float = 0.0,
                  zoom_out: float = 0.0, fill_mode: str = "nearest", seed: int | None = None,
                  **kwargs: Any) -> None:
-        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.rotation, self.shift = float(rotation), float(shift)
         self.zoom_in, self.zoom_out = float(zoom_in), float(zoom_out)
