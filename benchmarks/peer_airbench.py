@@ -218,8 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be >= 1")
-    out = args.out or (Path("/tmp/peer_airbench_smoke.json") if args.smoke
-                       else ROOT / "benchmarks" / "results" / "peer_airbench.json")
+    # resolved now: the runs happen in a temporary working directory (below), where a relative
+    # --out would be written and then deleted with it
+    out = (args.out or (Path("/tmp/peer_airbench_smoke.json") if args.smoke
+                        else ROOT / "benchmarks" / "results" / "peer_airbench.json")).resolve()
     if args.threads:
         torch.set_num_threads(args.threads)
     install_cpu_shims()
