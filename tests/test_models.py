@@ -57,6 +57,17 @@ def test_table1_shapes_of_seed_004() -> None:
     assert flat.output.shape[1:] == (32768,)
 
 
+def test_imp_batchnorm_sits_between_each_conv_and_its_activation() -> None:
+    """``batchnorm: true`` adds one BatchNormalization per conv (5 x 2 x width weights, half of
+    them moving statistics) and nothing else; the default stays Table 1's 438,634."""
+    model = models.build("imp", CIFAR, 10, batchnorm=True)
+    assert _counts(model) == (438_634 + 4 * (32 + 32 + 64 + 128 + 256), 2 * (32 + 32 + 64 + 128 + 256))
+    kinds = [type(layer).__name__ for layer in model.layers]
+    convs = [i for i, kind in enumerate(kinds) if kind == "Conv2D"]
+    assert len(convs) == 5
+    assert all(kinds[i + 1:i + 3] == ["BatchNormalization", "Activation"] for i in convs)
+
+
 def test_every_params_variant_builds() -> None:
     """Each variant of params.yaml passes the registry checks and builds (MobileNet offline)."""
     params = config.read_params(PARAMS)
