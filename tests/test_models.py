@@ -58,8 +58,8 @@ def test_table1_shapes_of_seed_004() -> None:
 
 
 def test_imp_batchnorm_sits_between_each_conv_and_its_activation() -> None:
-    """``batchnorm: true`` adds one BatchNormalization per conv (5 x 2 x width weights, half of
-    them moving statistics) and nothing else; the default stays Table 1's 438,634."""
+    """``batchnorm: true`` adds one BatchNormalization per conv (4 weights per channel, half of
+    them moving statistics) and nothing else; the default's 438,634 is in SEED_COUNTS."""
     model = models.build("imp", CIFAR, 10, batchnorm=True)
     assert _counts(model) == (438_634 + 4 * (32 + 32 + 64 + 128 + 256), 2 * (32 + 32 + 64 + 128 + 256))
     kinds = [type(layer).__name__ for layer in model.layers]
