@@ -2,8 +2,8 @@
 
 A variant whose budget is longer than a session (``imp2``: 240 epochs, 2.5-4 hours on 2 cores)
 resumes from its per-epoch backup (``backups/<name>/``, ``cifar_dvc/training/resume.py``), but
-that folder lives in the workspace, and a new session may start on another machine with only the
-git history and the repository's DVC cache (``.dvc/cache``). So:
+that folder lives in the workspace, and a new session may start in another workspace that shares
+only the git history and a DVC cache (this repository's ``.dvc/cache``, or ``--cache``). So:
 
 - ``park`` stores the backup folder in that cache as a DVC directory object (the layout ``dvc
   add`` writes: every file under ``files/md5/<2>/<30>``, and a ``.dir`` listing named by the md5
@@ -17,6 +17,9 @@ git history and the repository's DVC cache (``.dvc/cache``). So:
 
 Stop the training first (``kill -STOP`` or end it): a backup being written is not a consistent
 one. ``dvc gc`` removes objects that no ``.dvc`` file or ``dvc.lock`` points at, parked ones too.
+The cache is not in git: a session on a new machine, from a fresh clone, has the pointer but not
+the object (``unpark`` then fails with "cache object ... is missing"; seen 2026-12-04).
+Park into a cache that outlives the machine where there is one.
 
     python benchmarks/park_backup.py park --backup /work/repro/backups/imp2 \
         --out benchmarks/results/reproduction/imp2.parked.json

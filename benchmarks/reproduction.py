@@ -76,9 +76,21 @@ def curve(live: Path) -> dict[str, list[float]]:
     return out
 
 
-def budget(name: str, params_file: Path = PARAMS) -> int | None:
-    """Variant ``name``'s ``epochs`` in ``params_file`` (None if it has no such variant)."""
-    return yaml.safe_load(params_file.read_text())["variants"].get(name, {}).get("epochs")
+def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def edits(workspace_variant: dict[str, Any], repo_variant: dict[str, Any]) -> dict[str, Any]:
+    """The workspace's keys of one variant (dotted, e.g. ``schedule.boundaries``) whose values differ
+    from the repository's: a budget cut, and whatever a cut schedule or a local file changed with it."""
+    ours, repo = _flat(workspace_variant), _flat(repo_variant)
+    return {key: value for key, value in ours.items() if repo.get(key, object()) != value}
 
 
 def collect(workspace: Path, name: str, params_file: Path = PARAMS) -> dict[str, Any]:
@@ -88,6 +100,7 @@ def collect(workspace: Path, name: str, params_file: Path = PARAMS) -> dict[str,
     commit = subprocess.run(["git", "-C", str(workspace), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     info = json.loads((workspace / "models" / f"{name}.json").read_text())
+    repo_variant = yaml.safe_load(params_file.read_text())["variants"].get(name, {})
     return {
         "variant": name,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -96,7 +109,8 @@ def collect(workspace: Path, name: str, params_file: Path = PARAMS) -> dict[str,
         "data": {"dataset": params["data"]["dataset"], "url": params["data"]["url"],
                  "md5": params["data"]["md5"], "custom": params["custom"]["dir"]},
         "variant_params": params["variants"][name],
-        "budget": budget(name, params_file) or params["variants"][name]["epochs"],
+        "budget": repo_variant.get("epochs") or params["variants"][name]["epochs"],
+        "edits": edits(params["variants"][name], repo_variant) if repo_variant else {},
         "training": info["training"],
         "metrics": json.loads((workspace / "metrics" / f"{name}.json").read_text()),
         "curve": curve(workspace / "dvclive" / name),
@@ -146,8 +160,11 @@ def extrapolation(record: dict[str, Any]) -> str:
     run, m = t["epochs_run"], record["machine"]
     wall = t["seconds"] / run
     cpu = f"{t['cpu_seconds'] / run / 60:.1f} CPU-min and " if t.get("cpu_seconds") else ""
-    return (f"- {record['variant']}: {run} of its {budget_epochs} epochs (`variants.{record['variant']}"
-            f".epochs: {record['variant_params']['epochs']}` in the workspace), {cpu}"
+    # Records made before "edits" was recorded name the cut epochs only.
+    changed = record.get("edits") or {"epochs": record["variant_params"]["epochs"]}
+    changes = ", ".join(f"`variants.{record['variant']}.{key}: {json.dumps(value)}`"
+                        for key, value in changed.items())
+    return (f"- {record['variant']}: {run} of its {budget_epochs} epochs ({changes} in the workspace), {cpu}"
             f"{wall / 60:.1f} wall-min an epoch ({t.get('precision', 'float32')}, {machine_label(m)}): "
             f"the budget would take about {budget_epochs * wall / 3600:.1f} h of wall time there.")
 
@@ -226,12 +243,13 @@ def report(records: list[dict[str, Any]], parked: Sequence[dict[str, Any]] = ())
         "#   (file:// that archive), data.md5, train.verbose: epoch; mnet1 and mnet2: model_args.alpha:",
         "#   0.25 and model_args.weights: ../shared/data/mobilenet_2_5_224_tf_no_top.h5 (alpha 1.0",
         "#   cannot be downloaded here). A budget cut to a session's share, by hand:",
-        "#   variants.<variant>.epochs: <the share that fits>",
+        "#   variants.<variant>.epochs: <the share that fits> (a step schedule's boundaries scaled",
+        "#   alike; the report lists every key a workspace changed)",
         "nice -n 5 dvc repro evaluate@<variant>",
         "# or run it across sessions: stop the training before the session ends, park its backup in",
-        "# this repository's DVC cache (kept between sessions) and commit the pointer; the next",
-        "# session, on any machine where `auto` resolves the same, restores it and the same dvc repro",
-        "# resumes after the parked epoch:",
+        "# this repository's DVC cache and commit the pointer; the next session, where `auto`",
+        "# resolves the same and that cache survived (it is not in git: a fresh clone lacks it),",
+        "# restores it and the same dvc repro resumes after the parked epoch:",
         "python <this repo>/benchmarks/park_backup.py park --backup backups/<variant> --epochs <budget> \\",
         "    --out <this repo>/benchmarks/results/parked/<variant>.json",
         "python <this repo>/benchmarks/park_backup.py unpark <this repo>/benchmarks/results/parked/"

@@ -256,9 +256,10 @@ def test_jpeg_sensitivity_trains_the_same_recipe_on_a_reencoded_copy(tmp_path: P
                      out.read_text())
 
 
-def _workspace(root: Path, epochs: int, seconds: float, run: int | None = None) -> Path:
+def _workspace(root: Path, epochs: int, seconds: float, run: int | None = None,
+               schedule: dict | None = None) -> Path:
     """A reproduction workspace as `dvc repro evaluate@nb_elu` leaves it, with ``epochs`` given and
-    ``run`` (default: all of them) run."""
+    ``run`` (default: all of them) run, and ``schedule`` in the variant's params if given."""
     from cifar_dvc import evalsets
 
     (root / "models").mkdir(parents=True)
@@ -266,7 +267,8 @@ def _workspace(root: Path, epochs: int, seconds: float, run: int | None = None) 
     (root / "params.yaml").write_text(yaml.safe_dump({
         "data": {"dataset": "cifar10", "url": "file:///data/cifar.tar.gz", "md5": "0" * 32},
         "custom": {"dir": "data/custom"},
-        "variants": {"nb_elu": {"model": "notebook_cnn", "epochs": epochs}}}))
+        "variants": {"nb_elu": {"model": "notebook_cnn", "epochs": epochs,
+                                **({"schedule": schedule} if schedule else {})}}}))
     run = epochs if run is None else run
     training = {"epochs_run": run, "seconds": seconds, "cpu_seconds": 1.5 * seconds,
                 "precision": "mixed_bfloat16"}
@@ -303,6 +305,15 @@ def test_reproduction_table_says_which_runs_were_cut_short_of_the_budget(
                                  repo_params)
     early_report = reproduction.report([early])
     assert "| 46 / 60 (early stop) |" in early_report and "Cut short" not in early_report
+    # A cut that scaled the schedule with the epochs says so: every key that differs, nothing else
+    repo_params.write_text(yaml.safe_dump({"variants": {"nb_elu": {
+        "model": "notebook_cnn", "epochs": 60, "schedule": {"name": "step", "boundaries": [40, 50]}}}}))
+    scaled = reproduction.collect(_workspace(tmp_path / "scaled", 6, 600.0 * 3,
+                                             schedule={"name": "step", "boundaries": [4, 5]}),
+                                  "nb_elu", repo_params)
+    assert scaled["edits"] == {"epochs": 6, "schedule.boundaries": [4, 5]}
+    assert ("- nb_elu: 6 of its 60 epochs (`variants.nb_elu.epochs: 6`, `variants.nb_elu.schedule"
+            ".boundaries: [4, 5]` in the workspace)") in reproduction.report([scaled])
 
 
 def test_seed_accuracy_benchmark_reports_the_saved_models_test_accuracy(
