@@ -5,9 +5,10 @@ A reproduction workspace is a clone of this repository whose params point at rea
 collects, for each variant the workspace has evaluated, one small JSON record into
 ``benchmarks/results/reproduction/<variant>.json``: the variant's ``metrics/<variant>.json``,
 its training summary (``models/<variant>.json``: epochs, precision, wall and CPU seconds), its
-learning curve (dvclive), the machine and the commit. Records of earlier sessions, possibly on
-other machines, stay; a variant trained again replaces its record. Then it writes
-``benchmarks/results/reproduction.md`` from all records: one row per variant with the seed's own
+learning curve (dvclive), the machine, the commit, and the variant's params keys the workspace
+changed from this repository's (``edits``: a budget cut and what was scaled with it). Records of
+earlier sessions, possibly on other machines, stay; a variant trained again replaces its record. Then it
+writes ``benchmarks/results/reproduction.md`` from all records: one row per variant with the seed's own
 figure (``seed_figures.py``), ours on validation / test / custom / custom_filtered, epochs run of
 the budget, precision, CPU and wall minutes, and the curves below. A record keeps the metrics
 file as the workspace's commit wrote it: nested (``{"test": {"accuracy": ...}}``) before the flat
@@ -244,7 +245,7 @@ def report(records: list[dict[str, Any]], parked: Sequence[dict[str, Any]] = ())
         "#   0.25 and model_args.weights: ../shared/data/mobilenet_2_5_224_tf_no_top.h5 (alpha 1.0",
         "#   cannot be downloaded here). A budget cut to a session's share, by hand:",
         "#   variants.<variant>.epochs: <the share that fits> (a step schedule's boundaries scaled",
-        "#   alike; the report lists every key a workspace changed)",
+        "#   alike; a cut run's line below lists every key its workspace changed)",
         "nice -n 5 dvc repro evaluate@<variant>",
         "# or run it across sessions: stop the training before the session ends, park its backup in",
         "# this repository's DVC cache and commit the pointer; the next session, where `auto`",
