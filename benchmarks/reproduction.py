@@ -1,18 +1,19 @@
 """The reproduction table: every variant trained by `dvc repro` on real CIFAR-10, next to its seed.
 
 A reproduction workspace is a clone of this repository whose params point at real data, where
-`dvc repro evaluate@<variant>` has run (the commands are in the report's header). This script
-collects, for each variant the workspace has evaluated, one small JSON record into
-``benchmarks/results/reproduction/<variant>.json``: the variant's ``metrics/<variant>.json``,
-its training summary (``models/<variant>.json``: epochs, precision, wall and CPU seconds), its
+`dvc repro evaluate@<variant>` has run (the commands are in the report's header). This script collects,
+for each variant the workspace has evaluated, one small JSON record into
+``benchmarks/results/reproduction/<variant>.json``: the variant's ``metrics/<variant>.json``, its
+training summary (``models/<variant>.json``: epochs, precision, wall and CPU seconds), its
 learning curve (dvclive), the machine, the commit, and the variant's params keys the workspace
 changed from this repository's (``edits``: a budget cut and what was scaled with it). Records of
-earlier sessions, possibly on other machines, stay; a variant trained again replaces its record. Then it
-writes ``benchmarks/results/reproduction.md`` from all records: one row per variant with the seed's own
-figure (``seed_figures.py``), ours on validation / test / custom / custom_filtered, epochs run of
-the budget, precision, CPU and wall minutes, and the curves below. A record keeps the metrics
-file as the workspace's commit wrote it: nested (``{"test": {"accuracy": ...}}``) before the flat
-short keys (``{"test": ...}``, ``cifar_dvc.evalsets.metric_key``); ``accuracy`` reads both.
+earlier sessions, possibly on other machines, stay; a variant trained again replaces its record.
+Then it writes ``benchmarks/results/reproduction.md`` from all records: one row per variant with
+the seed's own figure (``seed_figures.py``), ours on validation / test / custom / custom_filtered,
+epochs run of the budget, precision, CPU and wall minutes, and the curves below. A record keeps
+the metrics file as the workspace's commit wrote it: nested (``{"test": {"accuracy": ...}}``)
+before the flat short keys (``{"test": ...}``, ``cifar_dvc.evalsets.metric_key``); ``accuracy``
+reads both.
 
     python benchmarks/reproduction.py --workspace /work/repro [--variants cnn imp1]
 
@@ -101,6 +102,7 @@ def collect(workspace: Path, name: str, params_file: Path = PARAMS) -> dict[str,
     commit = subprocess.run(["git", "-C", str(workspace), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     info = json.loads((workspace / "models" / f"{name}.json").read_text())
+    ours = params["variants"][name]
     repo_variant = yaml.safe_load(params_file.read_text())["variants"].get(name, {})
     return {
         "variant": name,
@@ -109,9 +111,9 @@ def collect(workspace: Path, name: str, params_file: Path = PARAMS) -> dict[str,
         "machine": machine(),
         "data": {"dataset": params["data"]["dataset"], "url": params["data"]["url"],
                  "md5": params["data"]["md5"], "custom": params["custom"]["dir"]},
-        "variant_params": params["variants"][name],
-        "budget": repo_variant.get("epochs") or params["variants"][name]["epochs"],
-        "edits": edits(params["variants"][name], repo_variant) if repo_variant else {},
+        "variant_params": ours,
+        "budget": repo_variant.get("epochs") or ours["epochs"],
+        "edits": edits(ours, repo_variant) if repo_variant else {},
         "training": info["training"],
         "metrics": json.loads((workspace / "metrics" / f"{name}.json").read_text()),
         "curve": curve(workspace / "dvclive" / name),
