@@ -37,8 +37,8 @@ import runinfo  # benchmarks/runinfo.py
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cifar_dvc.cpuinfo import cpu_model  # noqa: E402
 from cifar_dvc.demo import copy_project, dvc_env  # noqa: E402  (after the path setup)
-from cifar_dvc.training.precision import cpu_model  # noqa: E402
 
 TARBALL_TOOL = Path("/work/shared/bin/cifar10-tarball")
 STAGES = [  # as in dvc.yaml

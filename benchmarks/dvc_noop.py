@@ -42,7 +42,7 @@ from pathlib import Path
 
 from reproduction import write_keeping_reading
 
-from cifar_dvc.training.precision import cpu_model
+from cifar_dvc.cpuinfo import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 UP_TO_DATE = "Data and pipelines are up to date."

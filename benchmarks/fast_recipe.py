@@ -59,12 +59,12 @@ sys.path.insert(0, str(ROOT))
 
 # after the path and log-level setup
 from cifar_dvc import atomic, config, inference  # noqa: E402
+from cifar_dvc.cpuinfo import cpu_model  # noqa: E402
 from cifar_dvc.datasets.split import one_hot  # noqa: E402
 from cifar_dvc.modelinfo import ModelInfo  # noqa: E402
 from cifar_dvc.models.fast import build_fast  # noqa: E402
 from cifar_dvc.normalization import compute_stats  # noqa: E402
 from cifar_dvc.training import loop  # noqa: E402
-from cifar_dvc.training.precision import cpu_model  # noqa: E402
 from cifar_dvc.training.variant import TrainParams, VariantParams, load_seed, load_variant  # noqa: E402
 
 ARCHIVE = Path("/work/shared/data/cifar10-jpeg.tar.gz")

@@ -48,9 +48,9 @@ import yaml  # noqa: E402  (after the path setup)
 from PIL import Image  # noqa: E402
 
 from cifar_dvc import artifacts, atomic  # noqa: E402
+from cifar_dvc.cpuinfo import cpu_model  # noqa: E402
 from cifar_dvc.datasets import sources  # noqa: E402
 from cifar_dvc.datasets.params import SyntheticParams  # noqa: E402
-from cifar_dvc.training.precision import cpu_model  # noqa: E402
 from tests.synthetic_sets import write_prepared  # noqa: E402  (the tests' synthetic sets, one maker)
 
 GiB = 1024**3

@@ -38,7 +38,7 @@ import yaml
 from seed_figures import SEED_FIGURES
 
 from cifar_dvc import atomic, evalsets
-from cifar_dvc.training.precision import cpu_flags, cpu_model
+from cifar_dvc.cpuinfo import cpu_flags, cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 README = RESULTS.parent.parent / "README.md"

@@ -43,11 +43,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cifar_dvc import atomic, config, evalsets, inference  # noqa: E402  (after the path setup)
+from cifar_dvc.cpuinfo import cpu_model  # noqa: E402
 from cifar_dvc.datasets.params import read_seed  # noqa: E402
 from cifar_dvc.evaluation import adapt, evaluate  # noqa: E402
 from cifar_dvc.evaluation.corruptions import SEVERITIES  # noqa: E402
 from cifar_dvc.evaluation.params import CORRUPTIONS, EvaluateParams  # noqa: E402
-from cifar_dvc.training.precision import cpu_model  # noqa: E402
 from cifar_dvc.training.variant import load_variant  # noqa: E402
 
 NOTES = "## Reading"

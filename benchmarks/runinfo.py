@@ -5,19 +5,21 @@ The command is rebuilt from the running process, so a record says ``nice -n 10``
 really was niced (``os.nice(0)``), and says the interpreter and arguments it really had; the load
 average is what the machine did around the run, in place of fixed text such as "shared machine".
 
-Standard library only: the peer's venv (``benchmarks/peer_airbench.py``) imports it too. Imported
-by the scripts in ``benchmarks/`` (``import runinfo``: a script's own folder is on ``sys.path``).
-Reads ``/proc/cpuinfo``; writes only what a caller gives ``write_atomic``.
+Standard library only: the peer's venv (``benchmarks/peer_airbench.py``) imports it too; it loads
+the project's ``cifar_dvc/cpuinfo.py`` (standard library only as well) by its path. Imported by the
+scripts in ``benchmarks/`` (``import runinfo``: a script's own folder is on ``sys.path``). Reads
+``/proc/cpuinfo``; writes only what a caller gives ``write_atomic``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import platform
 import shlex
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 
 def command(argv: list[str] | None = None) -> str:
@@ -42,17 +44,23 @@ def load() -> str:
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 
 
-def cpu() -> tuple[str, list[str]]:
-    """The CPU's model name and which of ``SPEED_FLAGS`` it has (Linux ``/proc/cpuinfo``)."""
-    model, flags = platform.processor() or "unknown", set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown", platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    return model, [f for f in SPEED_FLAGS if f in flags]
+def _cpuinfo() -> ModuleType:
+    """The project's ``cifar_dvc/cpuinfo.py`` (standard library only), loaded from its file so that
+    nothing else of the package, nor its dependencies, is imported into the peer's venv."""
+    path = Path(__file__).resolve().parents[1] / "cifar_dvc" / "cpuinfo.py"
+    spec = importlib.util.spec_from_file_location("_cifar_dvc_cpuinfo", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cpu(path: Path | None = None) -> tuple[str, list[str]]:
+    """The CPU's model, with its family and model numbers as the project's own results name it
+    (``cifar_dvc.cpuinfo.cpu_model``: "AMD EPYC" alone is a Zen 3, 4 or 5), and which of
+    ``SPEED_FLAGS`` it has; from ``path`` (default ``/proc/cpuinfo``)."""
+    info = _cpuinfo()
+    flags = info.cpu_flags(path)
+    return info.cpu_model(path), [f for f in SPEED_FLAGS if f in flags]
 
 
 def write_atomic(path: Path, text: str) -> None:

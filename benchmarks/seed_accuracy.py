@@ -33,8 +33,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import runinfo  # noqa: E402
 
 from cifar_dvc import artifacts, config, inference  # noqa: E402
+from cifar_dvc.cpuinfo import cpu_model  # noqa: E402
 from cifar_dvc.training.loop import train_variant  # noqa: E402
-from cifar_dvc.training.precision import cpu_model  # noqa: E402
 from cifar_dvc.training.variant import TrainParams, load_seed, load_variant  # noqa: E402
 
 # What the seeds report (their "validation" was the CIFAR-10 test set).

@@ -42,6 +42,7 @@ from reproduction import machine, write_keeping_reading  # noqa: E402
 from tensorflow.python.profiler.internal import _pywrap_profiler_plugin  # noqa: E402
 from train_throughput import bf16_flags, images_per_second, inputs, traced_models  # noqa: E402
 
+from cifar_dvc import cpuinfo  # noqa: E402
 from cifar_dvc.training import precision  # noqa: E402
 
 IDLE = "IDLE"  # the profiler's row for time no op ran on a thread; not an op
@@ -113,7 +114,7 @@ def _write(args: argparse.Namespace, batch_size: int, results: dict, load_before
            started: dt.datetime) -> None:
     settings = list(results)
     policies = {s: precision.resolve(s) for s in settings}
-    flags = precision.cpu_flags()
+    flags = cpuinfo.cpu_flags()
     last = results[settings[-1]]["op_ms"]
     kinds = sorted(set().union(*(r["op_ms"] for r in results.values())), key=lambda k: -last.get(k, 0.0))
     shown, rest = kinds[: args.top], kinds[args.top:]

@@ -50,7 +50,7 @@ import runinfo  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from reproduction import machine, write_keeping_reading  # noqa: E402
 
-from cifar_dvc import config  # noqa: E402
+from cifar_dvc import config, cpuinfo  # noqa: E402
 from cifar_dvc.training import loop, precision  # noqa: E402
 from cifar_dvc.training.variant import TrainParams, VariantParams, load_variant, variant_names  # noqa: E402
 
@@ -156,7 +156,7 @@ def main() -> None:
         "# Training throughput: our tf.data pipeline vs. the seeds' way",
         "",
         f"- Date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.node()}, {os.cpu_count()} CPUs "
-        f"({precision.cpu_model()}), CPU only, TensorFlow {_tf_version()}, "
+        f"({cpuinfo.cpu_model()}), CPU only, TensorFlow {_tf_version()}, "
         f"Keras {keras.__version__}.",
         f"- Load average (1/5/15 min) before: {load_before}; after: {load_after} (above the core count, "
         "other jobs shared the cores: absolute numbers are noisy, the ratio within a row is measured "
@@ -223,7 +223,7 @@ def traced_models(name: str, params: dict, params_path: str, train: TrainParams,
 def precision_table(args: argparse.Namespace) -> None:
     """Images/s of every variant's training under each of ``args.precisions``, back to back."""
     params, names, prepared, train = inputs(args)
-    flags = precision.cpu_flags()
+    flags = cpuinfo.cpu_flags()
     policies = {name: precision.resolve(name) for name in args.precisions}
     load_before, started = runinfo.load(), dt.datetime.now(dt.timezone.utc)
     rows = []

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import cifar_dvc.models  # noqa: F401  (registers custom layers for load_model)
-from cifar_dvc import artifacts, config, models, tfenv
+from cifar_dvc import artifacts, config, cpuinfo, models, tfenv
 from cifar_dvc.errors import ParamsError
 from cifar_dvc.modelinfo import load_info
 from cifar_dvc.normalization import STATS_FILE, load_stats
@@ -46,27 +46,13 @@ def test_explicit_precision_is_used_as_is_and_unknown_is_refused() -> None:
         precision.resolve("bfloat16", flags=set(), gpus=[])
 
 
-def test_cpu_model_names_family_and_model_of_the_first_processor(tmp_path: Path) -> None:
-    """A hypervisor's bare "AMD EPYC" is Zen 3, 4 or 5: the numbers say which."""
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n\n"
-                       "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: other\n")
-    assert precision.cpu_model(cpuinfo) == "AMD EPYC, family 26 model 2"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Apple M9\n")
-    assert precision.cpu_model(cpuinfo) == "Apple M9"
-    assert precision.cpu_model(tmp_path / "missing")  # platform's answer, never empty
-
-
 def test_auto_reads_the_cpu_flags_from_cpuinfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n\n"
-                       "processor\t: 1\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
-    assert precision.cpu_flags(cpuinfo) == {"fpu", "avx512f", "amx_bf16", "amx_tile"}
-    assert precision.cpu_flags(tmp_path / "missing") == set()
-    monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    monkeypatch.setattr(cpuinfo, "CPUINFO", fake)
     monkeypatch.setattr(precision, "gpu_compute_capabilities", lambda: [])
     assert precision.resolve("auto") == "mixed_bfloat16"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2\n")
+    fake.write_text("processor\t: 0\nflags\t\t: fpu avx2\n")
     assert precision.resolve("auto") == "float32"
 
 

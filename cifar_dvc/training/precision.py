@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
+from cifar_dvc.cpuinfo import cpu_flags
 from cifar_dvc.training.variant import Precision
 
 if TYPE_CHECKING:  # Keras is imported where a policy or a model is handled, so reading the CPU's
@@ -42,49 +42,11 @@ if TYPE_CHECKING:  # Keras is imported where a policy or a model is handled, so 
 
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)  # the settings of train.precision
-CPUINFO = Path("/proc/cpuinfo")
 # GPUs from Ampere (compute capability 8.0) on have bfloat16 tensor cores.
 BF16_MIN_COMPUTE_CAPABILITY = (8, 0)
 # CPU flags of bfloat16 arithmetic in hardware (AMX tiles; AVX-512 dot products), where bfloat16
 # was measured faster than float32. Without them TensorFlow emulates it, 1.7-10x slower.
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
-
-
-def cpu_flags(path: Path | str | None = None) -> set[str]:
-    """The CPU feature flags of the first processor in ``path`` (default ``/proc/cpuinfo``; empty
-    where it cannot be read)."""
-    try:
-        text = Path(CPUINFO if path is None else path).read_text(errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")) and ":" in line:
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_model(path: Path | str | None = None) -> str:
-    """The CPU's model name (``model name`` in ``/proc/cpuinfo``) with its family and model numbers,
-    else what ``platform`` says. Under a hypervisor the name is often only "AMD EPYC" or "Intel(R)
-    Xeon(R) Processor", the same for CPUs that train 2-4x apart; the numbers tell them apart (AMD
-    family 25 = Zen 3/4, 26 = Zen 5)."""
-    import platform
-
-    fields: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path(CPUINFO if path is None else path).read_text(errors="replace").splitlines():
-            key, sep, value = line.partition(":")
-            if not sep:
-                if fields:  # the end of the first processor's block
-                    break
-                continue
-            fields.setdefault(key.strip(), value.strip())
-    name = fields.get("model name")
-    if not name:
-        return platform.processor() or platform.machine()
-    if fields.get("cpu family") and fields.get("model"):
-        return f"{name}, family {fields['cpu family']} model {fields['model']}"
-    return name
 
 
 def gpu_compute_capabilities() -> list[tuple[int, int]]:
