@@ -5,11 +5,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.test_cpuinfo import ZEN5
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,3 +52,20 @@ def test_command_keeps_paths_outside_the_working_directory_absolute(tmp_path: Pa
 def test_load_is_three_averages() -> None:
     values = _runinfo().load().split(" / ")
     assert len(values) == 3 and all(float(v) >= 0 for v in values)
+
+
+def test_runinfo_records_the_family_and_model_too(tmp_path: Path) -> None:
+    """The peer's records (benchmarks/peer_airbench.py) went through runinfo.cpu() and said only
+    "AMD EPYC" for a Zen 4 and a Zen 5 that train 1.7x apart."""
+    fake = tmp_path / "cpuinfo"
+    fake.write_text(ZEN5)
+    assert _runinfo().cpu(fake) == ("AMD EPYC, family 26 model 2", ["avx2", "fma", "avx512f", "avx512_bf16"])
+
+
+def test_runinfo_stays_standard_library_only() -> None:
+    """The peer's venv has no numpy, Keras or yaml: runinfo.cpu() must import none of them, nor the
+    project's package (whose modules may)."""
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); import runinfo; runinfo.cpu(); "
+            "heavy = {'numpy', 'keras', 'tensorflow', 'yaml', 'cifar_dvc'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
