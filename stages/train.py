@@ -7,8 +7,9 @@ Reads ``seed``, ``train.*`` and ``variants.<variant>`` from the params file and 
 data directory; writes ``models/<variant>.keras``, ``models/<variant>.json`` (sidecar) and the
 dvclive directory, each atomically. With ``--backup``, every finished epoch is kept in that
 folder and a re-run after an interruption resumes from it (removed when the stage finishes).
-Bad params => one ``error:`` line and exit status 2, before
-any data is read or anything is written. Logic: ``cifar_dvc.training.loop``.
+Bad params => one ``error:`` line and exit status 2, before anything is written (names and
+types before any data is read; ``model_args`` values the model rejects after reading
+``meta.json``). Logic: ``cifar_dvc.training.loop``.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     from cifar_dvc.training.variant import load_params
 
     seed, train, variant = load_params(args.variant, args.params)  # fails before any data is read
-    from cifar_dvc.training.loop import train_variant
+    from cifar_dvc.training.loop import check_model_args, train_variant
 
+    check_model_args(args.variant, variant, args.data, args.params)  # fails before anything is written
     result = train_variant(args.variant, variant, train, seed, args.data, args.model, args.live,
                            backup_dir=args.backup)
     s = result.summary

@@ -68,6 +68,14 @@ def test_imp_batchnorm_sits_between_each_conv_and_its_activation() -> None:
     assert all(kinds[i + 1:i + 3] == ["BatchNormalization", "Activation"] for i in convs)
 
 
+def test_imp_convs_64_adds_the_sixth_conv_the_seed_text_counts() -> None:
+    """``convs_64: 2``: a second 3x3 conv at 64 filters (64 * 64 * 9 + 64 weights), six convs."""
+    model = models.build("imp", CIFAR, 10, convs_64=2)
+    assert _counts(model) == (438_634 + 36_928, 0)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [conv.filters for conv in convs] == [32, 32, 64, 64, 128, 256]
+
+
 def test_every_params_variant_builds() -> None:
     """Each variant of params.yaml passes the registry checks and builds (MobileNet offline)."""
     params = config.read_params(PARAMS)

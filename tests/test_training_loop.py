@@ -19,6 +19,7 @@ from cifar_dvc import artifacts, config
 from cifar_dvc.errors import stage_main
 from cifar_dvc.modelinfo import load_info
 from cifar_dvc.normalization import STATS_FILE, load_stats
+from cifar_dvc.training import loop
 from cifar_dvc.training.augment import build_augmenter
 from cifar_dvc.training.data import make_dataset
 from cifar_dvc.training.loop import build_compiled_model, train_variant
@@ -200,25 +201,52 @@ def _write_params(path: Path, variant: dict) -> Path:
     ({"model": "resnet"}, "variants.v.model: unknown model 'resnet'; known models:"),
     ({"model": "cnn", "batch_size": "big"}, "variants.v.batch_size: expected int, got 'big'"),
     ({"model": "mlp", "model_args": {"dropout": [1]}}, "variants.v.model_args.dropout: expected float"),
+    # Right types, values the builder or a Keras layer rejects (loop.check_model_args).
+    ({"model": "fast", "model_args": {"width": 0}},
+     "variants.v.model_args: width and stem_width must be positive"),
+    ({"model": "imp", "model_args": {"convs_64": 0}}, "variants.v.model_args: convs_64 must be >= 1, got 0"),
+    ({"model": "mlp", "model_args": {"dropout": 1.5}},
+     "variants.v.model_args: Invalid value received for argument `rate`"),
 ])
 def test_stage_bad_params_one_line_exit_2(tmp_path: Path, prepared_dir: Path, capsys, variant: dict,
                                           message: str) -> None:
     params = _write_params(tmp_path / "params.yaml", variant)
     model = tmp_path / "models" / "v.keras"
     argv = ["--variant", "v", "--data", str(prepared_dir), "--model", str(model),
-            "--live", str(tmp_path / "live"), "--params", str(params)]
+            "--live", str(tmp_path / "live"), "--backup", str(tmp_path / "backups" / "v"),
+            "--params", str(params)]
     with pytest.raises(SystemExit) as exit_info:
         stage_main(train_stage.main, argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
-    assert not model.parent.exists() and not (tmp_path / "live").exists()
+    assert err.count("\n") == 1 and err.startswith(f"error: {params}: ") and message in err
+    assert sorted(tmp_path.iterdir()) == [params]  # no model, dvclive, backup or staging folder
+
+
+def test_the_stage_s_trial_build_leaves_the_run_s_weights_alone(prepared_dir: Path) -> None:
+    """``check_model_args`` builds the model once before the run; ``start_run`` reseeds, so the
+    run's initial weights are the same with or without that build."""
+    variant = _tiny()
+    prepared = loop.load_data(prepared_dir)
+
+    def initial_weights() -> list[np.ndarray]:
+        run = loop.start_run("tiny", variant, QUIET, 7, len(prepared.train))
+        model = loop.build(run, prepared.meta.image_shape, prepared.meta.num_classes, prepared.stats)
+        return [w.numpy() for w in model.weights]
+
+    alone = initial_weights()
+    loop.check_model_args("tiny", variant, prepared_dir, "params.yaml")
+    after_check = initial_weights()
+    assert len(alone) == len(after_check)
+    assert all(np.array_equal(a, b) for a, b in zip(alone, after_check, strict=True))
 
 
 @pytest.mark.parametrize(("variant_name", "variant", "message"), [
     ("nope", {"model": "cnn"}, "variants.nope: no such variant; declared variants: v"),
     ("v", {"model": "cnn", "epochz": 2}, "variants.v: unknown key 'variants.v.epochz'; known keys:"),
     ("v", {"model": "cnn", "epochs": 1.5}, "variants.v.epochs: expected int, got 1.5 (float)"),
+    ("v", {"model": "fast", "model_args": {"width": 0}},
+     "variants.v.model_args: width and stem_width must be positive, got 0 and 24"),
 ])
 def test_stage_command_line(tmp_path: Path, prepared_dir: Path, variant_name: str, variant: dict,
                             message: str) -> None:

@@ -54,7 +54,7 @@ import numpy as np
 import tensorflow as tf
 
 from cifar_dvc import artifacts, atomic, config, inference, models, tfenv
-from cifar_dvc.errors import DataError
+from cifar_dvc.errors import DataError, ParamsError
 from cifar_dvc.modelinfo import ModelInfo, save_info
 from cifar_dvc.normalization import STATS_FILE, NormStats, load_stats, normalize
 from cifar_dvc.training import data, distribute, optim, precision, resume
@@ -156,6 +156,27 @@ class StageCallbacks:
     timer: _EpochTimer
     saver: _BestModelSaver
     backup: resume.EpochBackup  # last in ``callbacks``; keeps the history and the clocks
+
+
+def check_model_args(name: str, variant: VariantParams, data_dir: Path | str, file: str) -> None:
+    """Build variant ``name``'s model once, for nothing, on the prepared data's image shape.
+
+    The registry checked the names and types of ``model_args``; a value that the builder or one of
+    its Keras layers rejects (a width of 0, a dropout of 1.5) is found here, before anything is
+    written: a ParamsError naming ``<file>: variants.<name>.model_args``. Reads ``meta.json`` and
+    the normalization only; ``start_run`` clears the session and reseeds afterwards, so the run's
+    weights do not depend on this build.
+    """
+    data_dir = Path(data_dir)
+    meta = artifacts.load_meta(data_dir)
+    stats = load_stats(data_dir / STATS_FILE)
+    try:
+        models.build(variant.model, meta.image_shape, meta.num_classes, normalization=stats,
+                     **variant.model_args)
+    except ValueError as exc:
+        raise ParamsError(f"{file}: variants.{name}.model_args: {exc}") from None
+    finally:
+        keras.backend.clear_session()
 
 
 def load_data(data_dir: Path | str) -> TrainingData:
