@@ -16,7 +16,7 @@ import yaml
 
 import cifar_dvc.models  # noqa: F401  (registers custom layers for load_model)
 from cifar_dvc import artifacts, config
-from cifar_dvc.errors import stage_main
+from cifar_dvc.errors import ParamsError, stage_main
 from cifar_dvc.modelinfo import load_info
 from cifar_dvc.normalization import STATS_FILE, load_stats
 from cifar_dvc.training import loop
@@ -239,6 +239,21 @@ def test_the_stage_s_trial_build_leaves_the_run_s_weights_alone(prepared_dir: Pa
     after_check = initial_weights()
     assert len(alone) == len(after_check)
     assert all(np.array_equal(a, b) for a, b in zip(alone, after_check, strict=True))
+
+
+def test_model_args_under_several_workers_fail_when_the_run_builds(prepared_dir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a multi-worker TF_CONFIG no trial build (the collectives come first); the run's own
+    build gives the same one-line error."""
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    bad = _tiny(model="fast", model_args={"width": 0})
+    assert loop.check_model_args("v", bad, prepared_dir, "params.yaml") is None
+    meta = artifacts.load_meta(prepared_dir)
+    with pytest.raises(ParamsError, match=r"^variants\.v\.model_args: width and stem_width must be positive"):
+        build_compiled_model(bad, QUIET, meta.image_shape, meta.num_classes,
+                             load_stats(prepared_dir / STATS_FILE), steps_per_epoch=1, epochs=1,
+                             where="variants.v")
 
 
 @pytest.mark.parametrize(("variant_name", "variant", "message"), [

@@ -95,13 +95,15 @@ def fit_verbosity(setting: str) -> int:
 
 def build_compiled_model(variant: VariantParams, train: TrainParams, image_shape: tuple[int, int, int],
                          num_classes: int, stats: NormStats, steps_per_epoch: int,
-                         epochs: int, init_images: np.ndarray | None = None) -> keras.Model:
+                         epochs: int, init_images: np.ndarray | None = None,
+                         where: str = "variant") -> keras.Model:
     """The variant's model, compiled with its optimizer, schedule and loss (call in a strategy scope).
 
     ``init_images`` (uint8 training images) set the data-dependent weights of models that have
-    them (``fast``'s whitening stem); without them those weights keep their random init.
+    them (``fast``'s whitening stem); without them those weights keep their random init. A
+    ``model_args`` value the model rejects is a ParamsError naming ``<where>.model_args``.
     """
-    model = models.build(variant.model, image_shape, num_classes, normalization=stats, **variant.model_args)
+    model = _build_model(variant, image_shape, num_classes, stats, where)
     if init_images is not None:
         models.init_from_data(model, normalize(init_images[:WHITENING_SAMPLE], stats))
     lr = optim.build_schedule(variant.schedule, variant.optimizer.learning_rate, steps_per_epoch, epochs)
@@ -165,18 +167,29 @@ def check_model_args(name: str, variant: VariantParams, data_dir: Path | str, fi
     its Keras layers rejects (a width of 0, a dropout of 1.5) is found here, before anything is
     written: a ParamsError naming ``<file>: variants.<name>.model_args``. Reads ``meta.json`` and
     the normalization only; ``start_run`` clears the session and reseeds afterwards, so the run's
-    weights do not depend on this build.
+    weights do not depend on this build. Skipped under a multi-worker ``TF_CONFIG``, whose
+    collective ops must be set up before TensorFlow's first op: there the same error comes when
+    the run builds its model (``build_compiled_model``), after the data is read.
     """
+    if distribute.num_workers(distribute.read_tf_config()) > 1:
+        return
     data_dir = Path(data_dir)
     meta = artifacts.load_meta(data_dir)
     stats = load_stats(data_dir / STATS_FILE)
     try:
-        models.build(variant.model, meta.image_shape, meta.num_classes, normalization=stats,
-                     **variant.model_args)
-    except ValueError as exc:
-        raise ParamsError(f"{file}: variants.{name}.model_args: {exc}") from None
+        _build_model(variant, meta.image_shape, meta.num_classes, stats, where=f"{file}: variants.{name}")
     finally:
         keras.backend.clear_session()
+
+
+def _build_model(variant: VariantParams, image_shape: tuple[int, int, int], num_classes: int,
+                 stats: NormStats, where: str) -> keras.Model:
+    """``models.build`` for the variant; a value of ``model_args`` it rejects is a ParamsError."""
+    try:
+        return models.build(variant.model, image_shape, num_classes, normalization=stats,
+                            **variant.model_args)
+    except ValueError as exc:
+        raise ParamsError(f"{where}.model_args: {exc}") from None
 
 
 def load_data(data_dir: Path | str) -> TrainingData:
@@ -233,7 +246,8 @@ def build(run: Run, image_shape: tuple[int, int, int], num_classes: int, stats: 
     """The variant's compiled model under the run's strategy and precision (``build_compiled_model``)."""
     with run.scope():
         return build_compiled_model(run.variant, run.train, image_shape, num_classes, stats,
-                                    run.steps_per_epoch, run.epochs, init_images=init_images)
+                                    run.steps_per_epoch, run.epochs, init_images=init_images,
+                                    where=f"variants.{run.name}")
 
 
 def training_callbacks(run: Run, state_dir: Path | None = None
