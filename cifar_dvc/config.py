@@ -12,6 +12,7 @@ Used by every stage: ``section = load_section(DataParams, "data")``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -148,6 +149,8 @@ def _convert(tp: Any, value: Any, where: str, file: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # YAML's .nan passes every range check (nan <= 0 is false)
+                raise ParamsError(f"{file}: {where}: expected a finite number, got {_show(value)}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):

@@ -51,6 +51,8 @@ def test_from_dict_defaults_and_conversion():
     ({"divisors": [1, "a"]}, "data.divisors[1]: expected int"),
     ({"zz": 1}, "unknown key 'data.zz'"),
     ({"subset": 0}, "data: subset: expected a positive int or null"),
+    ({"opt": {"lr": float("nan")}}, "data.opt.lr: expected a finite number, got nan"),
+    ({"opt": {"lr": float("inf")}}, "data.opt.lr: expected a finite number, got inf"),
     ([1, 2], "data: expected a mapping"),
 ])
 def test_from_dict_refuses_bad_values_naming_the_key(raw, message):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from cifar_dvc import evalsets
+from cifar_dvc import config, evalsets
 from cifar_dvc.errors import DataError, ParamsError
 from cifar_dvc.evaluation import report
 from cifar_dvc.evaluation.params import ReportParams
@@ -245,3 +245,21 @@ def test_dvc_yaml_declares_the_registries_outputs(workspace: Path) -> None:
         for definition in ([] if isinstance(entry, str) else entry.values()):
             for path, column in (definition.get("y") or {}).items():
                 assert column in header[Path(path).name] and definition["x"] in header[Path(path).name]
+
+
+MISCLASSIFIED = "misclassified.max_images and misclassified.columns must be >= 1"
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    # 0 columns divided the grid's rows by zero; 0 images or layers drew an empty figure
+    # titled as if the model had nothing to show.
+    ({"misclassified": {"columns": 0}}, MISCLASSIFIED),
+    ({"misclassified": {"max_images": -1}}, MISCLASSIFIED),
+    ({"occlusion": {"max_images": 0}}, "occlusion.patch, occlusion.stride and occlusion.max_images must be"),
+    ({"activations": {"layers": 0}}, "activations.layers must be >= 1"),
+    ({"activations": {"filters": 3}}, "activations.filters must be an even number >= 2"),
+    ({"examples": {"columns": 0}}, "examples.count and examples.columns must be >= 1"),
+])
+def test_report_params_refuse_counts_that_draw_nothing(section: dict, message: str) -> None:
+    with pytest.raises(ParamsError, match=rf"^params\.yaml: report: {message}"):
+        config.from_dict(ReportParams, section, where="report", file="params.yaml")

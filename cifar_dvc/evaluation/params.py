@@ -124,8 +124,12 @@ class ReportParams:
             raise ValueError("examples.count and examples.columns must be >= 1")
         if self.activations.filters < 2 or self.activations.filters % 2:
             raise ValueError("activations.filters must be an even number >= 2 (tiled in 2 rows)")
-        if self.occlusion.patch < 1 or self.occlusion.stride < 1:
-            raise ValueError("occlusion.patch and occlusion.stride must be >= 1")
+        if self.misclassified.max_images < 1 or self.misclassified.columns < 1:
+            raise ValueError("misclassified.max_images and misclassified.columns must be >= 1")
+        if self.occlusion.patch < 1 or self.occlusion.stride < 1 or self.occlusion.max_images < 1:
+            raise ValueError("occlusion.patch, occlusion.stride and occlusion.max_images must be >= 1")
+        if self.activations.layers < 1:
+            raise ValueError("activations.layers must be >= 1")
         if self.filters.layers < 1 or self.filters.filters < 1 or self.class_ideal.classes < 1:
             raise ValueError("filters.layers, filters.filters and class_ideal.classes must be >= 1")
         for name in ("filters", "class_ideal"):
