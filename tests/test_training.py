@@ -78,6 +78,15 @@ def test_bad_variant_params(entry: dict, message: str) -> None:
         load_variant("v", {"variants": {"v": entry}})
 
 
+@pytest.mark.parametrize("name", ["../escape", "a/b", "a b", ".hidden", ""])
+def test_variant_names_must_be_file_names(name: str) -> None:
+    """A name becomes models/<name>.keras and train@<name>: any variant with a path in its name
+    (or a space, which splits dvc.yaml's command) stops every stage that reads variants."""
+    with pytest.raises(ParamsError, match=r"^params\.yaml: variants: name .* is not a file name"):
+        load_variant("ok", {"variants": {"ok": {"model": "cnn"}, name: {"model": "cnn"}}})
+    assert load_variant("v-1.b_2", {"variants": {"v-1.b_2": {"model": "cnn"}}}).model == "cnn"
+
+
 def test_unknown_variant_lists_declared(tmp_path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text("seed: 1\nvariants:\n  a: {model: cnn}\n  b: {model: mlp}\n")

@@ -14,6 +14,7 @@ Used by ``stages/train.py`` (``python -m stages.train --variant cnn ...``) and `
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,10 @@ from cifar_dvc.errors import ParamsError
 # Metrics the fit loop logs every epoch (val_tta_accuracy only with `tta` 1 or 2).
 Metric = Literal["val_accuracy", "val_loss", "val_tta_accuracy", "accuracy", "loss"]
 PLAIN_VALIDATION = ("val_accuracy", "val_loss")  # the metrics of Keras' own validation (val_every)
+
+# A variant's name becomes stage names (train@<name>) and file names (models/<name>.keras): no
+# separators, spaces or leading dot, so no name reaches outside models/, dvclive/, eval/ or metrics/.
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 # train.precision and a variant's own precision (cifar_dvc/training/precision.py resolves `auto`).
 Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
@@ -255,6 +260,10 @@ def load_variant(name: str, params: dict[str, Any], file: str = str(config.PARAM
     if not isinstance(variants, dict) or name not in variants:
         known = ", ".join(variant_names(params)) or "none"
         raise ParamsError(f"{file}: variants.{name}: no such variant; declared variants: {known}")
+    bad = [str(key) for key in variants if not VARIANT_NAME.fullmatch(str(key))]
+    if bad:
+        raise ParamsError(f"{file}: variants: name {bad[0]!r} is not a file name; use letters, digits, "
+                          "'_', '-' and '.' (not first)")
     variant = config.from_dict(VariantParams, variants[name] or {}, where=f"variants.{name}", file=file)
     from cifar_dvc import models  # the registry imports Keras: only once the cheap checks passed
 
