@@ -23,10 +23,11 @@ from cifar_dvc.training import resume
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Augmentation, a plateau schedule, early stopping and a best checkpoint: every piece of state a
-# resumed run must get back. 12 short epochs, so the kill lands early and the test stays quick.
+# Augmentation, dropout, BatchNorm, a plateau schedule, early stopping and a best checkpoint:
+# every piece of state a resumed run must get back (dropout's random generator lives in the model,
+# not in its weights). 12 short epochs, so the kill lands early and the test stays quick.
 TINY = {
-    "model": "cnn", "model_args": {"filters": 8}, "epochs": 12, "batch_size": 16,
+    "model": "base", "model_args": {"filters": 8, "dense_units": 16}, "epochs": 12, "batch_size": 16,
     "optimizer": {"name": "adam", "learning_rate": 0.003},
     "schedule": {"name": "plateau", "monitor": "val_loss", "factor": 0.5, "patience": 1},
     "augment": {"flip": True, "shift": 0.1, "channel_shift": 0.1},

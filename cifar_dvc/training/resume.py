@@ -9,14 +9,15 @@ every epoch ``EpochBackup`` writes into a per-variant backup folder (``backups/<
 - ``state.json``, written last and atomically, so it is the commit point: the epoch reached, the
   logs of every finished epoch (they rebuild the dvclive curves and the training summary), the
   state of the stateful callbacks (best checkpoint, early stopping, plateau, timer), the
-  augmentation layers' random-generator state, and a fingerprint of what is being trained
+  random-generator states of the augmentation layers and of the model's own random layers
+  (dropout: Keras keeps them out of the saved weights), and a fingerprint of what is being trained
   (params, seed, precision, data). A backup whose fingerprint differs is discarded, never resumed.
 
 The best model so far is staged in the same folder, so it survives too. Re-running the stage
 resumes: the same weights, optimizer, schedule position, data order (the shuffle is advanced by
-the epochs done, the augmentation generators are restored) and callback state, so the resumed run
-ends with the same metrics as an uninterrupted one (tests/test_resume.py). The folder is removed
-once the stage has written its outputs.
+the epochs done, the augmentation generators are restored), dropout masks and callback state, so
+the resumed run ends with the same metrics as an uninterrupted one (tests/test_resume.py). The
+folder is removed once the stage has written its outputs.
 
 Reads and writes only the backup folder it is given. Used by ``cifar_dvc.training.loop``.
 """
@@ -87,7 +88,8 @@ def clear(directory: Path | str) -> None:
 
 
 def generator_states(layer: keras.Layer | None) -> list[list[int]]:
-    """The random-generator states of ``layer`` (the augmenter), in a fixed order."""
+    """The random-generator states of ``layer`` (the augmenter, or the model: its dropout layers),
+    in a fixed order."""
     if layer is None:
         return []
     return [np.asarray(v.numpy()).tolist() for v in layer.variables if "seed_generator" in v.path]
@@ -142,6 +144,10 @@ class EpochBackup(keras.callbacks.Callback):
             return
         # The optimizer must be built (the trainer does it when resuming), so its variables load too.
         self.model.load_weights(self.directory / self.resumed["weights"])
+        # A backup written before the model's generators were kept has none: its dropout masks
+        # start over (the run goes on, no longer bit-identical to an uninterrupted one).
+        if "model_generators" in self.resumed:
+            set_generator_states(self.model, self.resumed["model_generators"])
         for name, callback in self.stateful.items():
             callback.set_state(self.resumed["callbacks"][name])
 
@@ -163,6 +169,7 @@ class EpochBackup(keras.callbacks.Callback):
             "history": self.history,
             "callbacks": {name: cb.get_state() for name, cb in self.stateful.items()},
             "generators": generator_states(self.augmenter),
+            "model_generators": generator_states(self.model),
         })
         for old in self.directory.glob("epoch-*.weights.h5"):
             if old.name != weights:
